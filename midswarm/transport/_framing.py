@@ -1,0 +1,139 @@
+"""Length-prefixed message framing over any Trio byte stream.
+
+Each frame is a 4-byte big-endian unsigned length followed by that many bytes of
+payload.  The length is checked against ``max_message_size`` before anything is
+allocated for the payload, so a hostile peer cannot make us reserve memory by
+announcing a huge frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from ._errors import ProtocolError
+
+__all__ = ["MessageStream", "DEFAULT_MAX_MESSAGE_SIZE", "FRAMING_ERROR_CODE"]
+
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: Application error code used when a stream is reset because of a framing error.
+FRAMING_ERROR_CODE = 0x4D53  # "MS"
+
+_HEADER = struct.Struct(">I")
+_COALESCE_LIMIT = 64 * 1024  # below this, header and payload go out in one write
+_RECEIVE_CHUNK = 256 * 1024
+
+
+class MessageStream:
+    """Whole messages over a byte stream.
+
+    ``stream`` is any :class:`trio.abc.Stream` (a :class:`QuicStream`, a TCP or
+    in-memory stream, ...).  Sending is safe from several tasks at once: frames are
+    never interleaved.  Receiving is for one task at a time.
+
+    When the peer sends a frame longer than ``max_message_size`` or the stream
+    ends in the middle of a frame, :meth:`receive_message` closes the stream
+    (resetting it with :data:`FRAMING_ERROR_CODE` when the stream supports
+    ``abort``) and raises :class:`ProtocolError`.  Other streams are untouched.
+    """
+
+    def __init__(self, stream: trio.abc.Stream,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        if max_message_size < 1 or max_message_size > 0xFFFFFFFF:
+            raise ValueError("max_message_size must be between 1 and 2**32 - 1")
+        self.stream = stream
+        self.max_message_size = max_message_size
+        self._buf = bytearray()
+        self._send_lock = trio.Lock()
+        self._eof = False
+
+    async def send_message(self, message: bytes | bytearray | memoryview) -> None:
+        """Send one message.  Waits while the stream applies backpressure.
+
+        Raises :class:`ValueError` for a message over ``max_message_size`` (the
+        peer would refuse it) and whatever the underlying stream raises
+        (:class:`trio.BrokenResourceError`, :class:`trio.ClosedResourceError`).
+        """
+        n = len(message)
+        if n > self.max_message_size:
+            raise ValueError(
+                f"message of {n} bytes exceeds max_message_size={self.max_message_size}")
+        header = _HEADER.pack(n)
+        async with self._send_lock:
+            if n <= _COALESCE_LIMIT:
+                await self.stream.send_all(header + bytes(message))
+            else:
+                await self.stream.send_all(header)
+                await self.stream.send_all(message)
+
+    async def receive_message(self) -> bytes:
+        """Receive one whole message.
+
+        Raises :class:`trio.EndOfChannel` when the peer closed the stream cleanly
+        between messages, and :class:`ProtocolError` for an oversized frame or a
+        stream that ends inside a frame.
+        """
+        buf = self._buf
+        while True:
+            if len(buf) >= 4:
+                (n,) = _HEADER.unpack_from(buf)
+                if n > self.max_message_size:
+                    await self._fail(
+                        f"frame of {n} bytes exceeds max_message_size={self.max_message_size}")
+                end = 4 + n
+                if len(buf) >= end:
+                    msg = bytes(buf[4:end])
+                    del buf[:end]
+                    return msg
+            if self._eof:
+                if buf:
+                    await self._fail(f"stream ended inside a frame ({len(buf)} bytes pending)")
+                raise trio.EndOfChannel
+            data = await self.stream.receive_some(_RECEIVE_CHUNK)
+            if not data:
+                self._eof = True
+            else:
+                buf += data
+
+    async def _fail(self, why: str) -> None:
+        self._buf.clear()
+        self._eof = True
+        abort = getattr(self.stream, "abort", None)
+        try:
+            if abort is not None:
+                await abort(FRAMING_ERROR_CODE, why)
+            else:
+                await self.stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        raise ProtocolError(why)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                yield await self.receive_message()
+            except trio.EndOfChannel:
+                return
+
+    async def send_eof(self) -> None:
+        """Half-close: tell the peer no more messages follow."""
+        async with self._send_lock:
+            send_eof: Any = getattr(self.stream, "send_eof", None)
+            if send_eof is None:
+                raise TypeError(f"{type(self.stream).__name__} cannot half-close")
+            await send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    async def __aenter__(self) -> MessageStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
