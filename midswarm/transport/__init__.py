@@ -1,20 +1,49 @@
-"""QUIC on Trio, framing and the wire codec."""
+"""QUIC on Trio, framing and the wire codec.
+
+The QUIC layer drives aioquic's sans-I/O state machine from Trio tasks (see
+``_quic.py`` for the theory of operation).  :class:`MessageStream` frames whole
+messages over any Trio stream; the codec turns attrs message classes into
+msgpack bytes and back.
+"""
 
 from ._codec import PROTOCOL_VERSION, converter, decode, encode, message, pack, unpack
+from ._config import QuicConfig
+from ._endpoint import QuicListener, connect_quic, serve_quic
 from ._errors import ConnectionClosed, ProtocolError
 from ._framing import DEFAULT_MAX_MESSAGE_SIZE, FRAMING_ERROR_CODE, MessageStream
+from ._quic import QuicConnection, QuicStream
+from ._tickets import SessionTicketStore
+from ._tls import (
+    CertificateError,
+    ClientTLS,
+    ServerTLS,
+    certificate_identity,
+    make_dev_certs,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "FRAMING_ERROR_CODE",
+    "CertificateError",
+    "ClientTLS",
     "ConnectionClosed",
     "MessageStream",
     "ProtocolError",
+    "QuicConfig",
+    "QuicConnection",
+    "QuicListener",
+    "QuicStream",
+    "ServerTLS",
+    "SessionTicketStore",
+    "certificate_identity",
+    "connect_quic",
     "converter",
     "decode",
     "encode",
+    "make_dev_certs",
     "message",
     "pack",
+    "serve_quic",
     "unpack",
 ]

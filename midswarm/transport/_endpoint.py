@@ -1,0 +1,401 @@
+"""UDP endpoints: :func:`serve_quic` and :func:`connect_quic`.
+
+An endpoint owns one UDP socket.  Its receiver task waits until the socket is
+readable, then drains every queued datagram without blocking, feeds each to its
+connection and pumps each touched connection once — so a burst of datagrams
+costs one wake-up, not one per datagram.  Sends never block: a datagram the
+kernel cannot take right now is queued, in order, and a flusher task writes the
+queue when the socket becomes writable.
+
+The server routes by destination connection ID, following the IDs each
+connection issues and retires.  A datagram for an unknown ID starts a connection
+only if it is a full-size (>= 1200 byte) INITIAL packet of a version we speak;
+a long-header packet of another version gets a Version Negotiation reply; all
+else is dropped.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.packet import (
+    PACKET_TYPE_INITIAL,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+
+from ._config import QuicConfig
+from ._errors import ConnectionClosed
+from ._quic import QuicConnection, _Machine
+from ._tickets import SessionTicketStore, _ServerTickets
+from ._tls import ClientTLS, ServerTLS
+
+__all__ = ["serve_quic", "connect_quic", "QuicListener"]
+
+log = logging.getLogger("midswarm.transport")
+
+_CID_LENGTH = 8
+_MIN_INITIAL_SIZE = 1200
+_RECV_BATCH = 256
+_SOCKET_BUFFER = 4 << 20
+_INTERNAL_ERROR = 0x3
+
+
+def _tune_socket(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+        except OSError:
+            pass  # the kernel caps it; the default still works
+
+
+class _Endpoint:
+    """One UDP socket and the connections behind it."""
+
+    def __init__(self, sock: socket.socket, *, connected: bool) -> None:
+        self.sock = sock
+        self._connected = connected
+        self.routes: dict[bytes, QuicConnection] = {}
+        self._cids: dict[QuicConnection, set[bytes]] = {}
+        self._pending: deque[tuple[bytes, Any]] = deque()
+        self._flush_lot = trio.lowlevel.ParkingLot()
+        self.on_refused: Callable[[], None] | None = None
+
+    # --- sending ------------------------------------------------------------------
+
+    def send_datagrams(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        if self._pending:
+            self._pending.extend(datagrams)
+            return
+        sock = self.sock
+        connected = self._connected
+        for i, (data, addr) in enumerate(datagrams):
+            try:
+                if connected:
+                    sock.send(data)
+                else:
+                    sock.sendto(data, addr)
+            except BlockingIOError:
+                self._pending.extend(datagrams[i:])
+                self._flush_lot.unpark()
+                return
+            except OSError as exc:
+                # ECONNREFUSED from an earlier ICMP error, EMSGSIZE, ...: UDP is
+                # lossy by contract and QUIC recovers from a lost datagram.
+                self._socket_error(exc)
+
+    def _socket_error(self, exc: OSError) -> None:
+        if exc.errno == errno.ECONNREFUSED and self.on_refused is not None:
+            self.on_refused()
+        else:
+            log.debug("UDP send/receive error ignored: %s", exc)
+
+    async def run_flusher(self) -> None:
+        sock = self.sock
+        pending = self._pending
+        while True:
+            if not pending:
+                await self._flush_lot.park()
+                continue
+            await trio.lowlevel.wait_writable(sock)
+            while pending:
+                data, addr = pending[0]
+                try:
+                    if self._connected:
+                        sock.send(data)
+                    else:
+                        sock.sendto(data, addr)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    self._socket_error(exc)
+                pending.popleft()
+
+    # --- receiving ----------------------------------------------------------------
+
+    async def run_receiver(self, on_datagram: Callable[[bytes, Any, float],
+                                                       QuicConnection | None]) -> None:
+        sock = self.sock
+        touched: dict[QuicConnection, None] = {}
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            now = trio.current_time()
+            for _ in range(_RECV_BATCH):
+                try:
+                    data, addr = sock.recvfrom(65536)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    self._socket_error(exc)
+                    continue
+                conn = on_datagram(data, addr, now)
+                if conn is not None:
+                    touched[conn] = None
+            for conn in touched:
+                conn._pump()
+            touched.clear()
+            # Let the tasks we woke run before the next batch.
+            await trio.lowlevel.checkpoint()
+
+    # --- routing (server) -----------------------------------------------------------
+
+    def route_add(self, cid: bytes, conn: QuicConnection) -> None:
+        self.routes[cid] = conn
+        self._cids.setdefault(conn, set()).add(cid)
+
+    def route_remove(self, cid: bytes) -> None:
+        conn = self.routes.pop(cid, None)
+        if conn is not None:
+            self._cids.get(conn, set()).discard(cid)
+
+    def connection_terminated(self, conn: QuicConnection) -> None:
+        for cid in self._cids.pop(conn, ()):
+            if self.routes.get(cid) is conn:
+                del self.routes[cid]
+
+
+@attrs.define(eq=False)
+class QuicListener:
+    """What ``await nursery.start(serve_quic, ...)`` returns."""
+
+    host: str
+    port: int
+    #: Connections whose handshake completed and whose handler is running.
+    connections: set[QuicConnection] = attrs.field(factory=set)
+    _scope: trio.CancelScope | None = None
+
+    def close(self) -> None:
+        """Stop serving: every connection is closed and :func:`serve_quic` returns."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+def _base_configuration(config: QuicConfig, *, is_client: bool) -> QuicConfiguration:
+    return QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[config.alpn],
+        congestion_control_algorithm=config.congestion_control,
+        connection_id_length=_CID_LENGTH,
+        idle_timeout=config.idle_timeout,
+        max_data=config.connection_receive_window,
+        max_stream_data=config.stream_receive_window,
+        max_datagram_size=config.max_datagram_size,
+        initial_rtt=config.initial_rtt,
+    )
+
+
+async def serve_quic(
+    handler: Callable[[QuicConnection], Awaitable[object]],
+    port: int,
+    host: str = "127.0.0.1",
+    tls: ServerTLS | None = None,
+    config: QuicConfig | None = None,
+    *,
+    task_status: trio.TaskStatus[QuicListener] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve QUIC on ``host:port`` (UDP); use as ``await nursery.start(serve_quic, ...)``.
+
+    ``handler(conn)`` runs in its own task for each connection once its
+    handshake completes (and, with ``tls.require_client_cert``, the client's
+    certificate verified: ``conn.peer_identity`` is then the client's identity).
+    When the handler returns, its connection is closed; when it raises, the
+    connection is closed with an internal-error code and the exception is
+    logged — other connections are not affected.  ``port=0`` picks a free port,
+    readable as ``listener.port``.  Runs until cancelled or ``listener.close()``;
+    then every connection is closed.
+
+    ``nursery.start`` passes no keyword arguments: give ``host``, ``tls`` and
+    ``config`` positionally, or wrap the call in :func:`functools.partial`.
+    """
+    if tls is None:
+        raise TypeError("serve_quic needs tls=ServerTLS(cert, key, ...)")
+    cfg = config if config is not None else QuicConfig()
+    qconf = _base_configuration(cfg, is_client=False)
+    qconf.load_cert_chain(tls.cert, tls.key)
+    client_ca = tls.ca if tls.require_client_cert else None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+        _tune_socket(sock)
+        endpoint = _Endpoint(sock, connected=False)
+        tickets = _ServerTickets()
+        supported = list(qconf.supported_versions)
+
+        async with trio.open_nursery() as nursery:
+            listener = QuicListener(host, sock.getsockname()[1], scope=nursery.cancel_scope)
+
+            async def run_handler(conn: QuicConnection) -> None:
+                listener.connections.add(conn)
+                try:
+                    await handler(conn)
+                except Exception as exc:
+                    log.exception("QUIC connection handler failed for %r", conn)
+                    conn.close(_INTERNAL_ERROR, f"handler failed: {type(exc).__name__}")
+                else:
+                    conn.close(0, "")
+                finally:
+                    listener.connections.discard(conn)
+
+            def on_ready(conn: QuicConnection) -> None:
+                for entry in conn._issued_tickets:
+                    entry[1] = conn.peer_identity
+                nursery.start_soon(run_handler, conn)
+
+            def new_connection(data: bytes, addr: Any, dcid: bytes) -> QuicConnection:
+                holder: list[Any] = []
+
+                def fetch(label: bytes) -> Any:
+                    found = tickets.pop(label)
+                    if found is None:
+                        return None
+                    ticket, identity = found
+                    if client_ca is not None and identity is None:
+                        return None  # no verified identity: insist on a certificate
+                    conn._resumed_identity = identity
+                    return ticket
+
+                machine = _Machine(
+                    config=cfg,
+                    request_client_cert=client_ca is not None,
+                    configuration=qconf,
+                    original_destination_connection_id=dcid,
+                    session_ticket_fetcher=fetch,
+                    session_ticket_handler=lambda t: tickets.add(t, holder),
+                )
+                conn = QuicConnection(endpoint, machine, cfg, addr, is_client=False,
+                                      client_ca=client_ca)
+                conn._issued_tickets = holder
+                conn._on_ready = on_ready
+                endpoint.route_add(dcid, conn)
+                endpoint.route_add(machine.host_cid, conn)
+                nursery.start_soon(conn._run_timer)
+                return conn
+
+            def on_datagram(data: bytes, addr: Any, now: float) -> QuicConnection | None:
+                if not data:
+                    return None
+                if not data[0] & 0x80:  # short header: our fixed-length CID follows
+                    conn = endpoint.routes.get(data[1:1 + _CID_LENGTH])
+                    if conn is not None:
+                        conn.datagram_received(data, addr, now)
+                    return conn
+                try:
+                    header = pull_quic_header(Buffer(data=data), host_cid_length=_CID_LENGTH)
+                except ValueError:
+                    return None
+                conn = endpoint.routes.get(header.destination_cid)
+                if conn is None:
+                    if len(data) < _MIN_INITIAL_SIZE:
+                        return None
+                    if header.version is not None and header.version not in supported:
+                        endpoint.send_datagrams([(encode_quic_version_negotiation(
+                            source_cid=header.destination_cid,
+                            destination_cid=header.source_cid,
+                            supported_versions=supported), addr)])
+                        return None
+                    if header.packet_type != PACKET_TYPE_INITIAL:
+                        return None
+                    conn = new_connection(data, addr, header.destination_cid)
+                conn.datagram_received(data, addr, now)
+                return conn
+
+            nursery.start_soon(endpoint.run_receiver, on_datagram)
+            nursery.start_soon(endpoint.run_flusher)
+            task_status.started(listener)
+    finally:
+        sock.close()
+
+
+@asynccontextmanager
+async def connect_quic(
+    host: str,
+    port: int,
+    *,
+    tls: ClientTLS,
+    config: QuicConfig | None = None,
+    session_tickets: SessionTicketStore | None = None,
+    wait_connected: bool = True,
+) -> AsyncIterator[QuicConnection]:
+    """Connect to a QUIC server: ``async with connect_quic(host, port, tls=...) as conn``.
+
+    With a ``session_tickets`` store that holds a ticket for ``tls.server_name``,
+    the connection resumes (``conn.session_resumed``) and may send 0-RTT data:
+    with ``wait_connected=False`` the block is entered right after the first
+    flight is sent, and streams opened there carry early data
+    (``conn.early_data_accepted`` tells, after the handshake, whether the server
+    took it; if not, aioquic resends it in 1-RTT).  Only idempotent requests
+    belong in early data: it can be replayed.
+
+    Raises :class:`ConnectionClosed` if the handshake fails (bad certificate,
+    wrong server name, refused, no answer within ``config.idle_timeout``).
+    Leaving the block closes the connection.
+    """
+    cfg = config if config is not None else QuicConfig()
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host!r}")
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        _tune_socket(sock)
+        sock.connect(addr)
+        qconf = _base_configuration(cfg, is_client=True)
+        qconf.server_name = tls.server_name
+        qconf.load_verify_locations(cafile=tls.ca)
+        if tls.cert is not None:
+            qconf.load_cert_chain(tls.cert, tls.key)
+        if session_tickets is not None:
+            qconf.session_ticket = session_tickets.get(tls.server_name)
+        machine = _Machine(
+            config=cfg,
+            configuration=qconf,
+            session_ticket_handler=session_tickets.add if session_tickets is not None
+            else None,
+        )
+        endpoint = _Endpoint(sock, connected=True)
+        conn = QuicConnection(endpoint, machine, cfg, addr, is_client=True)
+
+        def refused() -> None:
+            if not conn.handshake_complete:
+                conn._terminate(errno.ECONNREFUSED, "connection refused (ICMP)", by_peer=True)
+
+        endpoint.on_refused = refused
+
+        def on_datagram(data: bytes, _addr: Any, now: float) -> QuicConnection:
+            conn.datagram_received(data, addr, now)
+            return conn
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(endpoint.run_receiver, on_datagram)
+            nursery.start_soon(endpoint.run_flusher)
+            nursery.start_soon(conn._run_timer)
+            machine.connect(addr, now=trio.current_time())
+            conn._pump()
+            try:
+                if wait_connected:
+                    with trio.move_on_after(cfg.handshake_timeout):
+                        await conn.wait_handshake()
+                    if not conn.handshake_complete:
+                        conn.close(0, "handshake timed out")
+                        raise ConnectionClosed(
+                            f"no handshake with {host}:{port} within "
+                            f"{cfg.handshake_timeout} s")
+                yield conn
+            finally:
+                conn.close(0, "")
+                nursery.cancel_scope.cancel()
+    finally:
+        sock.close()
+
