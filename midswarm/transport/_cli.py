@@ -40,8 +40,11 @@ def certs(args: argparse.Namespace) -> int:
 
 async def _echo_stream(stream: QuicStream) -> None:
     ms = MessageStream(stream)
-    async for msg in ms:
-        await ms.send_message(msg)
+    try:
+        async for msg in ms:
+            await ms.send_message(msg)
+    except trio.BrokenResourceError:
+        pass  # the client went away without closing the stream
     await stream.aclose()
 
 

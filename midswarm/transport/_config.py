@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import attrs
 
-__all__ = ["QuicConfig"]
+__all__ = ["QuicConfig", "MAX_DATAGRAM_SIZE"]
+
+#: The largest datagram aioquic builds correctly (2-byte varint frame lengths).
+MAX_DATAGRAM_SIZE = 16383
 
 
 def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
@@ -24,7 +27,8 @@ class QuicConfig:
     """
 
     #: Largest UDP payload we send.  1200 is always safe on the Internet; loopback
-    #: and jumbo-frame LANs can carry much more (loopback: up to 65527).
+    #: and jumbo-frame LANs carry more.  At most 16383: aioquic encodes frame
+    #: lengths in two bytes, and larger packets fail to parse at the peer.
     max_datagram_size: int = attrs.field(default=1452, validator=_positive)
     #: ``"reno"`` or ``"cubic"``.
     congestion_control: str = attrs.field(
@@ -54,8 +58,8 @@ class QuicConfig:
     initial_rtt: float = attrs.field(default=0.01, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
-        if not 1200 <= self.max_datagram_size <= 65527:
-            raise ValueError(
-                f"max_datagram_size must be between 1200 and 65527, got {self.max_datagram_size}")
+        if not 1200 <= self.max_datagram_size <= MAX_DATAGRAM_SIZE:
+            raise ValueError(f"max_datagram_size must be between 1200 and {MAX_DATAGRAM_SIZE}, "
+                             f"got {self.max_datagram_size}")
         if self.keep_alive_interval is not None and self.keep_alive_interval <= 0:
             raise ValueError("keep_alive_interval must be positive or None")

@@ -62,12 +62,21 @@ class MessageStream:
             raise ValueError(
                 f"message of {n} bytes exceeds max_message_size={self.max_message_size}")
         header = _HEADER.pack(n)
-        async with self._send_lock:
+        lock = self._send_lock
+        # Uncontended: take the lock without trio.Lock's extra schedule point;
+        # send_all below is this call's checkpoint.
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if n <= _COALESCE_LIMIT:
                 await self.stream.send_all(header + bytes(message))
             else:
                 await self.stream.send_all(header)
                 await self.stream.send_all(message)
+        finally:
+            lock.release()
 
     async def receive_message(self) -> bytes:
         """Receive one whole message.

@@ -35,12 +35,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
+from aioquic import tls
 from aioquic.quic import events
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
     QuicConnection as _AioQuicConnection,
     QuicFrameType,
 )
+from aioquic.quic.recovery import QuicPacketPacer
 from aioquic.quic.stream import QuicStream as _AioStream
 
 from ._config import QuicConfig
@@ -60,6 +62,29 @@ _AUTH_FAILED = 0x2
 _NO_ERROR = 0
 
 
+#: Timers wake at best with millisecond precision (epoll); see _GranularPacer.
+_TIMER_GRANULARITY = 0.002
+
+
+class _GranularPacer(QuicPacketPacer):
+    """aioquic's token-bucket pacer, with bursts sized to the timer precision.
+
+    aioquic caps a burst at 16 packets.  Our timer task cannot wake sooner than
+    about a millisecond after it asked to (epoll counts whole milliseconds), so
+    with that cap a paced sender can never exceed 16 packets per millisecond —
+    23 MB/s at 1452-byte datagrams — however large its congestion window.  Let
+    the bucket hold as much as the pacing rate sends in two timer periods.
+    """
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        super().update_rate(congestion_window, smoothed_rtt)
+        if self.packet_time is not None:
+            rate = congestion_window / max(smoothed_rtt, 1e-6)
+            burst = min(_TIMER_GRANULARITY, congestion_window / 2 / rate)
+            if burst > self.bucket_max:
+                self.bucket_max = burst
+
+
 class _Machine(_AioQuicConnection):
     """aioquic's state machine with our stream limits and receive windows."""
 
@@ -72,6 +97,7 @@ class _Machine(_AioQuicConnection):
         self._local_max_streams_uni.value = config.max_concurrent_streams
         self._ms_window = config.stream_receive_window
         self._ms_request_client_cert = request_client_cert
+        self._loss._pacer = _GranularPacer(max_datagram_size=self._max_datagram_size)
         # stream id -> bytes the application has read
         self.ms_consumed: dict[int, int] = {}
 
@@ -180,7 +206,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
                 chunk = view[pos:pos + watermark]
                 conn._machine.send_stream_data(self.stream_id, bytes(chunk))
                 pos += len(chunk)
-                conn._pump()
+                conn._pump(with_ack=True)
                 if pos >= total:
                     break
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -239,6 +265,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self._recv_conflict = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+            parked = False
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("stream was closed")
@@ -256,6 +283,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
                 if broken is not None:
                     raise broken
                 await self._recv_lot.park()
+                parked = True
             buf = self._rbuf
             if max_bytes is None or max_bytes >= len(buf):
                 data = bytes(buf)
@@ -264,7 +292,8 @@ class QuicStream(trio.abc.HalfCloseableStream):
                 data = bytes(buf[:max_bytes])
                 del buf[:max_bytes]
             self._conn._consumed(self.stream_id, len(data))
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not parked:  # parking was our schedule point already
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return data
         finally:
             self._recv_conflict = False
@@ -351,6 +380,9 @@ class QuicConnection:
         self._deadline = math.inf
         self._last_send = trio.current_time()
         self._ping_uid = 0
+        self._pump_seq = 0
+        self._unacked_rx = 0  # datagrams received since we last sent an ACK
+        self._ack_space: Any = None  # aioquic's 1-RTT packet space, once it exists
         self.peer_identity: str | None = None
         self.session_resumed = False
         self.early_data_accepted = False
@@ -486,17 +518,46 @@ class QuicConnection:
 
     # --- the pump -----------------------------------------------------------------
 
-    def _pump(self) -> None:
-        """Process pending events, transmit, re-arm the timer.  Never awaits."""
+    def _process_received(self) -> int:
+        """After datagrams were fed: deliver their events; if the handshake is
+        still running, or two or more packets await our ACK, transmit now too
+        (acknowledging every second packet keeps a bulk sender's window open;
+        aioquic alone waits a fixed 1 ms).  Returns the pump sequence number so
+        the endpoint can tell whether someone transmitted since."""
+        self._process_events()
+        space = self._ack_space
+        if space is None:
+            space = self._ack_space = self._machine._spaces.get(tls.Epoch.ONE_RTT)
+        if not self._handshake_done.is_set() or (
+                space is not None and space.ack_at is not None
+                and len(space.ack_queue) >= 1 and self._unacked_rx >= 2):
+            self._pump()
+        return self._pump_seq
+
+    def _pump(self, *, with_ack: bool = False) -> None:
+        """Process pending events, transmit, re-arm the timer.  Never awaits.
+
+        ``with_ack``: we are sending data; put any pending ACK in it rather than
+        in a separate packet later.
+        """
         if self._terminated:
             return
         machine = self._machine
+        self._pump_seq += 1
         self._process_events()
         now = trio.current_time()
+        space = self._ack_space
+        if space is None:
+            space = self._ack_space = machine._spaces.get(tls.Epoch.ONE_RTT)
+        if space is not None and space.ack_at is not None and (
+                with_ack or self._unacked_rx >= 2):
+            space.ack_at = now
         datagrams = machine.datagrams_to_send(now)
         if datagrams:
             self._endpoint.send_datagrams(datagrams)
             self._last_send = now
+        if space is not None and space.ack_at is None:
+            self._unacked_rx = 0
         # Acknowledgements may have freed send capacity.
         if self._send_waiters:
             for stream in list(self._send_waiters):
@@ -516,8 +577,10 @@ class QuicConnection:
                 self._timer_scope.deadline = deadline
 
     def datagram_received(self, data: bytes, addr: Any, now: float) -> None:
-        """Feed one datagram; the caller pumps once per batch."""
+        """Feed one datagram; the caller calls :meth:`_process_received` once
+        per batch."""
         self._machine.receive_datagram(data, addr, now)
+        self._unacked_rx += 1
 
     async def _run_timer(self) -> None:
         """The connection's one task: wake at the state machine's timer or for a
