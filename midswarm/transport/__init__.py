@@ -7,10 +7,11 @@ msgpack bytes and back.
 """
 
 from ._codec import PROTOCOL_VERSION, converter, decode, encode, message, pack, unpack
-from ._config import QuicConfig
+from ._config import MAX_DATAGRAM_SIZE, QuicConfig
 from ._endpoint import QuicListener, connect_quic, serve_quic
 from ._errors import ConnectionClosed, ProtocolError
 from ._framing import DEFAULT_MAX_MESSAGE_SIZE, FRAMING_ERROR_CODE, MessageStream
+from ._memory import MemoryConnection, MemoryStream, memory_connection_pair
 from ._quic import QuicConnection, QuicStream
 from ._tickets import SessionTicketStore
 from ._tls import (
@@ -24,10 +25,13 @@ from ._tls import (
 __all__ = [
     "PROTOCOL_VERSION",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_DATAGRAM_SIZE",
     "FRAMING_ERROR_CODE",
     "CertificateError",
     "ClientTLS",
     "ConnectionClosed",
+    "MemoryConnection",
+    "MemoryStream",
     "MessageStream",
     "ProtocolError",
     "QuicConfig",
@@ -42,6 +46,7 @@ __all__ = [
     "decode",
     "encode",
     "make_dev_certs",
+    "memory_connection_pair",
     "message",
     "pack",
     "serve_quic",
