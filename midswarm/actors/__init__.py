@@ -17,12 +17,15 @@ from ._errors import (
     AskTimeout,
     RestartIntensityExceeded,
 )
+from ._remote import ActorReply, ActorRequest, BoxedError, remote_ref, serve_actor
 from ._rules import RESTART_AFTER, Plan, plan_exit
 from ._spec import Backoff, ChildSpec, ChildStatus, SupervisionEvent, SupervisorSpec
 from ._supervisor import Supervisor, open_supervisor
 
 __all__ = [
     "Actor",
+    "ActorReply",
+    "ActorRequest",
     "ActorError",
     "ActorFailed",
     "ActorRef",
@@ -30,6 +33,7 @@ __all__ = [
     "ActorUnreachable",
     "AskTimeout",
     "Backoff",
+    "BoxedError",
     "ChildSpec",
     "ChildStatus",
     "Plan",
@@ -40,12 +44,14 @@ __all__ = [
     "SupervisorSpec",
     "open_supervisor",
     "plan_exit",
+    "remote_ref",
+    "serve_actor",
 ]
 
-# Public names report this package as their home (in reprs and in the
-# exc_type of boxed failures), not the private module they live in.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith(__name__ + "."):
-        _obj.__module__ = __name__
-del _name, _obj
+# Errors report this package as their home (in reprs and in the exc_type of
+# boxed failures), not the private module they live in.  Only exceptions:
+# attrs classes resolve their string annotations through __module__.
+for _obj in (ActorError, ActorFailed, ActorStopped, ActorUnreachable, AskTimeout,
+             RestartIntensityExceeded):
+    _obj.__module__ = __name__
+del _obj

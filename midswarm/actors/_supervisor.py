@@ -59,6 +59,7 @@ from ._spec import (
     SupervisionEvent,
     SupervisorSpec,
 )
+from ._util import open_service_nursery
 
 __all__ = ["Supervisor", "open_supervisor"]
 
@@ -462,7 +463,6 @@ async def open_supervisor(strategy: Strategy = "one_for_one", max_restarts: int 
                           within=within, backoff=backoff, observer=observer)
     sup = Supervisor(spec, observer)
     escalation: RestartIntensityExceeded | None = None
-    body_exc: BaseException | None = None
     body_scope = trio.CancelScope()
 
     async def serve(task_status: trio.TaskStatus[None]) -> None:
@@ -472,22 +472,13 @@ async def open_supervisor(strategy: Strategy = "one_for_one", max_restarts: int 
             body_scope.cancel()
 
     try:
-        async with trio.open_nursery() as nursery:
+        # serve() never raises (children are boxed, escalation is returned), so
+        # the body's exception can come out unwrapped.
+        async with open_service_nursery() as nursery:
             await nursery.start(serve)
-            try:
-                with body_scope:
-                    yield sup
-            except BaseException as exc:
-                body_exc = exc
-                raise
+            with body_scope:
+                yield sup
             sup._request_stop()
-    except BaseExceptionGroup as group:
-        # Our tasks never raise (only Cancelled passes through them), so a
-        # single exception here is the body's own: give it back unwrapped.
-        if (body_exc is not None and len(group.exceptions) == 1
-                and group.exceptions[0] is body_exc and not isinstance(body_exc, trio.Cancelled)):
-            raise body_exc from None
-        raise
     finally:
         sup._close_all("its supervisor has shut down")
     if escalation is not None:
