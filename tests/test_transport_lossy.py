@@ -1,0 +1,154 @@
+"""QUIC over a hostile network: a seeded UDP relay between client and server drops,
+duplicates and reorders datagrams; every message must still arrive intact and in
+order on its stream."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from midswarm.transport import (
+    ClientTLS,
+    ConnectionClosed,
+    MessageStream,
+    QuicConnection,
+    QuicListener,
+    QuicStream,
+    ServerTLS,
+    connect_quic,
+    serve_quic,
+)
+
+
+class LossyRelay:
+    """Forwards datagrams between one client and a server, misbehaving on purpose.
+
+    Each datagram is dropped with probability ``drop``; a survivor is sent twice
+    with probability ``duplicate``; each copy is held back for 1-20 ms with
+    probability ``reorder`` (so later datagrams overtake it).  Decisions come
+    from ``random.Random(seed)``, one draw sequence per datagram.
+    """
+
+    def __init__(self, seed: int, server: tuple[str, int], *, drop: float = 0.05,
+                 duplicate: float = 0.05, reorder: float = 0.10) -> None:
+        self.rng = random.Random(seed)
+        self.server = server
+        self.drop, self.duplicate, self.reorder = drop, duplicate, reorder
+        self.client: Any = None
+        self.forwarded = self.dropped = self.duplicated = self.delayed = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+            await sock.bind(("127.0.0.1", 0))
+            task_status.started(sock.getsockname()[1])
+
+            async def send_later(data: bytes, dest: Any, delay: float) -> None:
+                await trio.sleep(delay)
+                await sock.sendto(data, dest)
+
+            async with trio.open_nursery() as nursery:
+                while True:
+                    data, addr = await sock.recvfrom(65536)
+                    if addr == self.server:
+                        dest = self.client
+                    else:
+                        self.client = addr
+                        dest = self.server
+                    if dest is None:
+                        continue
+                    rng = self.rng
+                    if rng.random() < self.drop:
+                        self.dropped += 1
+                        continue
+                    copies = 1
+                    if rng.random() < self.duplicate:
+                        copies = 2
+                        self.duplicated += 1
+                    for _ in range(copies):
+                        self.forwarded += 1
+                        if rng.random() < self.reorder:
+                            self.delayed += 1
+                            nursery.start_soon(send_later, data, dest,
+                                               rng.uniform(0.001, 0.02))
+                        else:
+                            await sock.sendto(data, dest)
+
+
+def payload(tag: str, size: int) -> bytes:
+    seed = hashlib.sha256(tag.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+async def echo_stream(stream: QuicStream) -> None:
+    try:
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+        await stream.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def echo_handler(conn: QuicConnection) -> None:
+    async with trio.open_nursery() as nursery:
+        while True:
+            try:
+                stream = await conn.accept_stream()
+            except ConnectionClosed:
+                return
+            nursery.start_soon(echo_stream, stream)
+
+
+@pytest.mark.parametrize(("seed", "drop", "duplicate", "reorder", "per_stream"), [
+    (1, 0.05, 0.05, 0.10, 75),
+    (2, 0.05, 0.05, 0.10, 75),
+    (3, 0.15, 0.10, 0.30, 25),  # a very bad network, less data
+])
+async def test_messages_survive_loss_duplication_reordering(
+        certs: Path, seed: int, drop: float, duplicate: float, reorder: float,
+        per_stream: int) -> None:
+    n_streams = 4
+    rng = random.Random(1000 + seed)
+    # Mostly small messages, one in five larger than several datagrams.
+    sizes = {(s, m): rng.randint(2_000, 30_000) if rng.random() < 0.2 else rng.randint(1, 1_000)
+             for s in range(n_streams) for m in range(per_stream)}
+    received: dict[int, list[bytes]] = {}
+    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
+    with trio.fail_after(45):
+        async with trio.open_nursery() as nursery:
+            listener: QuicListener = await nursery.start(
+                functools.partial(serve_quic, echo_handler, 0, tls=tls))
+            relay = LossyRelay(seed, ("127.0.0.1", listener.port), drop=drop,
+                               duplicate=duplicate, reorder=reorder)
+            relay_port: int = await nursery.start(relay.run)
+            async with connect_quic("127.0.0.1", relay_port,
+                                    tls=ClientTLS(certs / "ca.pem")) as conn:
+
+                async def one_stream(s: int) -> None:
+                    ms = MessageStream(await conn.open_stream())
+
+                    async def send() -> None:
+                        for m in range(per_stream):
+                            await ms.send_message(payload(f"{s}/{m}", sizes[s, m]))
+                        await ms.send_eof()
+
+                    async with trio.open_nursery() as inner:
+                        inner.start_soon(send)
+                        received[s] = [msg async for msg in ms]
+
+                async with trio.open_nursery() as streams:
+                    for s in range(n_streams):
+                        streams.start_soon(one_stream, s)
+            nursery.cancel_scope.cancel()
+    for s in range(n_streams):
+        expected = [payload(f"{s}/{m}", sizes[s, m]) for m in range(per_stream)]
+        assert len(received[s]) == per_stream, f"stream {s}"
+        assert received[s] == expected, f"stream {s}"
+    # The relay really misbehaved.
+    assert relay.dropped > 0 and relay.duplicated > 0 and relay.delayed > 0, vars(relay)
