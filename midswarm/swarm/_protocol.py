@@ -1,0 +1,318 @@
+"""The swarm's wire messages and the control-stream protocol.
+
+Theory of operation
+-------------------
+An agent process holds one QUIC connection to the coordinator.
+
+* The **control stream** is the first stream the agent opens.  Its first
+  message is :class:`AgentHello`; the coordinator answers :class:`Welcome` or
+  :class:`Refused` (and then closes the connection).  After the welcome, the
+  coordinator sends :class:`AdaptationCommand`, :class:`Drain` and
+  :class:`Heartbeat` on it; the agent sends :class:`Heartbeat` and
+  :class:`Ack`.
+* Each hosted actor gets an **actor stream**, opened by the agent after the
+  welcome.  Its first message is :class:`StreamBind` naming the actor; from then
+  on the stream carries the actor runtime's request/reply frames
+  (:func:`midswarm.actors.serve_actor` on the agent,
+  :func:`midswarm.actors.remote_ref` on the coordinator), whose payloads are the
+  task and result messages below.
+
+The control stream's states, in the style of h11's ``_state.py``: each row is
+(state, event) -> next state; anything not in the table is a protocol error
+that closes the connection with a reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ..reasoning import AdaptationCommand, Experience, ParameterChange, Verdict
+from ..transport import PROTOCOL_VERSION, message
+
+__all__ = [
+    "AGENT_TYPES",
+    "CONTROL_TRANSITIONS",
+    "Ack",
+    "AdaptationCommand",
+    "AgentHello",
+    "CorrelationTask",
+    "Drain",
+    "ExperienceBatch",
+    "FeatureBlock",
+    "FeatureTask",
+    "Gradients",
+    "Heartbeat",
+    "Match",
+    "ParameterChange",
+    "PatternLibraryAdd",
+    "PatternMatchResult",
+    "PatternMatchTask",
+    "Refused",
+    "StrategyCorrelation",
+    "StreamBind",
+    "TaskFailed",
+    "TrainStep",
+    "Verdicts",
+    "Welcome",
+    "next_control_state",
+]
+
+#: The five agent types an agent can host.
+AGENT_TYPES = ("pattern_matcher", "correlator", "feature_engineer", "neural_trainer",
+               "reasoning_bank")
+
+# --- control stream ---------------------------------------------------------------
+
+
+@message("swarm.hello")
+@attrs.frozen
+class AgentHello:
+    """First message of an agent.  ``version`` must equal the coordinator's
+    protocol version; ``agent_id`` must equal the identity in the agent's TLS
+    certificate when the coordinator requires client certificates."""
+
+    agent_id: str
+    agent_types: list[str]
+    capabilities: dict[str, Any] = attrs.Factory(dict)
+    version: int = PROTOCOL_VERSION
+
+
+@message("swarm.welcome")
+@attrs.frozen
+class Welcome:
+    """The coordinator's answer to a valid hello.
+
+    ``stream_assignments`` maps each accepted agent type to the actor name the
+    agent binds on that type's stream; ``parameters`` maps agent type to the
+    initial parameters of that actor (thresholds, shard, credit, ...).
+    """
+
+    coordinator_id: str
+    stream_assignments: dict[str, str]
+    parameters: dict[str, dict[str, Any]] = attrs.Factory(dict)
+
+
+@message("swarm.refused")
+@attrs.frozen
+class Refused:
+    """The hello was refused; the connection closes after this."""
+
+    reason: str
+
+
+@message("swarm.bind")
+@attrs.frozen
+class StreamBind:
+    """First message on an actor stream: which actor this stream is the mailbox of."""
+
+    agent_id: str
+    agent_type: str
+    actor_name: str
+
+
+@message("swarm.heartbeat")
+@attrs.frozen
+class Heartbeat:
+    seq: int
+    sent_at: float
+    in_flight: int = 0
+
+
+@message("swarm.drain")
+@attrs.frozen
+class Drain:
+    """Stop taking new tasks, finish the ones in flight, then disconnect."""
+
+    reason: str = ""
+
+
+@message("swarm.ack")
+@attrs.frozen
+class Ack:
+    """Acknowledges a control message (by its kind and id, e.g. an adaptation)."""
+
+    kind: str
+    id: int
+
+
+# --- tasks and results ------------------------------------------------------------
+
+
+@message("swarm.match")
+@attrs.frozen
+class Match:
+    """One historical pattern close to the query."""
+
+    pattern_id: int
+    distance: float
+    similarity: float
+    outcome: float
+
+
+@message("swarm.pattern_task")
+@attrs.frozen
+class PatternMatchTask:
+    """Find the historical patterns nearest to ``window``.
+
+    ``horizon`` is the number of bars ahead the outcome refers to; ``params``
+    may override the matcher's own (``k``, ``window`` = DTW band,
+    ``similarity_threshold``, ``confidence_threshold``) for this task only.
+    """
+
+    window: np.ndarray = attrs.field(eq=False)
+    horizon: int = 1
+    params: dict[str, Any] = attrs.Factory(dict)
+    context: dict[str, Any] = attrs.Factory(dict)
+
+
+@message("swarm.pattern_result")
+@attrs.frozen
+class PatternMatchResult:
+    pattern_type: str
+    pattern_vector: np.ndarray = attrs.field(eq=False)
+    similarity: float
+    confidence: float
+    expected_outcome: float
+    actual_outcome: float | None
+    compute_time_ms: float
+    market_context: dict[str, Any] = attrs.Factory(dict)
+    matches: list[Match] = attrs.Factory(list)
+
+
+@message("swarm.library_add")
+@attrs.frozen
+class PatternLibraryAdd:
+    """Add patterns (one per row) with their known outcomes to a matcher's shard."""
+
+    vectors: np.ndarray = attrs.field(eq=False)
+    outcomes: np.ndarray = attrs.field(eq=False)
+    ids: np.ndarray = attrs.field(eq=False)
+
+
+@message("swarm.correlation_task")
+@attrs.frozen
+class CorrelationTask:
+    """Signal sequences of several strategies (one row per strategy)."""
+
+    strategies: np.ndarray = attrs.field(eq=False)
+    names: list[str] = attrs.Factory(list)
+    epsilon: float = 0.5
+    window: int | None = None
+
+
+@message("swarm.correlation")
+@attrs.frozen
+class StrategyCorrelation:
+    names: list[str]
+    matrix: np.ndarray = attrs.field(eq=False)
+    influence: np.ndarray = attrs.field(eq=False)
+    rank_correlation: np.ndarray | None = attrs.field(default=None, eq=False)
+
+
+@message("swarm.feature_task")
+@attrs.frozen
+class FeatureTask:
+    """Raw OHLCV bars, shape (n, 5): open, high, low, close, volume."""
+
+    ohlcv: np.ndarray = attrs.field(eq=False)
+    params: dict[str, Any] = attrs.Factory(dict)
+
+
+@message("swarm.features")
+@attrs.frozen
+class FeatureBlock:
+    names: list[str]
+    values: np.ndarray = attrs.field(eq=False)
+
+
+@message("swarm.train_step")
+@attrs.frozen
+class TrainStep:
+    """Compute gradients of the loss on ``(x, y)`` at parameters ``params``
+    (version ``model_version``)."""
+
+    model_version: int
+    x: np.ndarray = attrs.field(eq=False)
+    y: np.ndarray = attrs.field(eq=False)
+    params: list[np.ndarray] = attrs.field(factory=list, eq=False)
+
+
+@message("swarm.gradients")
+@attrs.frozen
+class Gradients:
+    model_version: int
+    grads: list[np.ndarray] = attrs.field(eq=False)
+    batch_size: int
+    loss: float
+
+
+@message("swarm.experiences")
+@attrs.frozen
+class ExperienceBatch:
+    experiences: list[Experience]
+
+
+@message("swarm.verdicts")
+@attrs.frozen
+class Verdicts:
+    verdicts: list[Verdict]
+    ids: list[int] = attrs.Factory(list)
+    adaptations: list[AdaptationCommand] = attrs.Factory(list)
+
+
+@message("swarm.task_failed")
+@attrs.frozen
+class TaskFailed:
+    """A task could not be done: the error, boxed."""
+
+    task_id: int
+    error_type: str
+    message: str
+    traceback: str = ""
+
+
+# The reasoning package's value types travel as they are.
+for _tag, _cls in (("reasoning.experience", Experience), ("reasoning.verdict", Verdict),
+                   ("reasoning.change", ParameterChange),
+                   ("reasoning.adaptation", AdaptationCommand)):
+    message(_tag)(_cls)
+del _tag, _cls
+
+
+# --- the control stream's state machine -----------------------------------------------
+
+#: (role, state, message class name) -> next state.  Roles: "agent" sends,
+#: "coordinator" sends.  States: AWAIT_HELLO -> AWAIT_WELCOME -> ACTIVE ->
+#: DRAINING -> CLOSED.
+CONTROL_TRANSITIONS: dict[tuple[str, str, str], str] = {
+    ("agent", "AWAIT_HELLO", "AgentHello"): "AWAIT_WELCOME",
+    ("coordinator", "AWAIT_WELCOME", "Welcome"): "ACTIVE",
+    ("coordinator", "AWAIT_WELCOME", "Refused"): "CLOSED",
+    ("agent", "ACTIVE", "Heartbeat"): "ACTIVE",
+    ("coordinator", "ACTIVE", "Heartbeat"): "ACTIVE",
+    ("coordinator", "ACTIVE", "AdaptationCommand"): "ACTIVE",
+    ("agent", "ACTIVE", "Ack"): "ACTIVE",
+    ("coordinator", "ACTIVE", "Drain"): "DRAINING",
+    ("agent", "DRAINING", "Heartbeat"): "DRAINING",
+    ("agent", "DRAINING", "Ack"): "DRAINING",
+    ("coordinator", "DRAINING", "Heartbeat"): "DRAINING",
+}
+
+
+def next_control_state(state: str, sender: str, msg: object) -> str:
+    """The control stream's state after ``sender`` sends ``msg`` in ``state``.
+
+    Raises :class:`~midswarm.transport.ProtocolError` for a message the table
+    does not allow there.
+    """
+    from ..transport import ProtocolError
+
+    key = (sender, state, type(msg).__name__)
+    try:
+        return CONTROL_TRANSITIONS[key]
+    except KeyError:
+        raise ProtocolError(
+            f"{sender} may not send {type(msg).__name__} in control state {state}") from None
