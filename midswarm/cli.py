@@ -34,8 +34,9 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 def _load_commands() -> None:
     # Importing registers the commands.
     from .transport import _cli as _transport_cli  # noqa: F401
-    if importlib.util.find_spec("midswarm.swarm._cli") is not None:
-        importlib.import_module("midswarm.swarm._cli")
+    for name in ("midswarm.swarm._cli", "midswarm.swarm._demo_cli"):
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
