@@ -30,7 +30,8 @@ def as_vectors(vectors: Any, dim: int, name: str = "vectors") -> np.ndarray:
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise ValueError(f"{name} must have shape (n, {dim}), got {arr.shape}")
-    out = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
     finite = np.isfinite(out).all(axis=1)
     if not finite.all():
         bad = int(np.flatnonzero(~finite)[0])
@@ -44,7 +45,7 @@ def as_vector(vector: Any, dim: int, name: str = "vector") -> np.ndarray:
         arr = np.asarray(vector)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be an array of numbers: {exc}") from None
-    if arr.ndim != 1:
+    if arr.ndim != 1 or len(arr) != dim:
         raise ValueError(f"{name} must be 1-d of length {dim}, got shape {arr.shape}")
     return as_vectors(arr[None, :], dim, name)[0]
 
