@@ -82,12 +82,13 @@ def check_parameters(values: Mapping[str, Any], name: str = "current") -> dict[s
 
 def resolve_parameters(explicit: Mapping[str, float] | None,
                        contexts: Iterable[Mapping[str, Any]],
-                       last_suggested: Mapping[str, float]) -> dict[str, float]:
+                       last_issued: Mapping[str, float]) -> dict[str, float]:
     """The values to adapt from, per parameter: ``explicit``, else the newest
     experience context that reports it (``contexts`` newest first), else the
-    last suggestion issued, else :data:`DEFAULT_PARAMETERS`."""
+    parameter set the last command left the agent with, else
+    :data:`DEFAULT_PARAMETERS`."""
     resolved = dict(DEFAULT_PARAMETERS)
-    resolved.update(last_suggested)
+    resolved.update(last_issued)
     found: dict[str, float] = {}
     for context in contexts:
         for key in PARAMETER_LIMITS:

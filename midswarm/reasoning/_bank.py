@@ -223,25 +223,28 @@ class ReasoningBank:
                 proposal = self._proposal(agent_id, explicit)
                 if proposal is None:
                     return None
-                changes, reason, rate, outcomes, last_id = proposal
+                changes, reason, rate, outcomes, last_id, params = proposal
+                params.update({c.parameter: c.suggested for c in changes})
                 now = self._clock()
                 cur = conn.execute(
                     "INSERT INTO adaptations (agent_id, issued_at, last_experience, changes, "
-                    "reason, success_rate, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (agent_id, now, last_id,
-                     json.dumps([attrs.asdict(c) for c in changes]), reason, rate, outcomes))
+                    "parameters, reason, success_rate, outcomes) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (agent_id, now, last_id, json.dumps([attrs.asdict(c) for c in changes]),
+                     json.dumps(params), reason, rate, outcomes))
             assert cur.lastrowid is not None
             return AdaptationCommand(id=cur.lastrowid, agent_id=agent_id, changes=changes,
                                      reason=reason, success_rate=rate, outcomes=outcomes,
                                      issued_at=now)
 
     def _proposal(self, agent_id: str, explicit: Mapping[str, float] | None
-                  ) -> tuple[list[ParameterChange], str, float, int, int] | None:
+                  ) -> tuple[list[ParameterChange], str, float, int, int, dict[str, float]
+                             ] | None:
         if not isinstance(agent_id, str) or not agent_id:
             raise ValueError(f"agent_id must be a non-empty str, got {agent_id!r}")
         conn = self._db.conn
         last = conn.execute(
-            "SELECT last_experience, changes FROM adaptations WHERE agent_id = ? "
+            "SELECT last_experience, parameters FROM adaptations WHERE agent_id = ? "
             "ORDER BY id DESC LIMIT 1", (agent_id,)).fetchone()
         after = last[0] if last else 0
         rows = conn.execute(
@@ -250,14 +253,13 @@ class ReasoningBank:
         if len(rows) < MIN_OUTCOMES:
             return None
         rate = sum(hit for _, hit, _ in rows) / len(rows)
-        last_suggested = {c["parameter"]: c["suggested"] for c in json.loads(last[1])} \
-            if last else {}
+        last_parameters = json.loads(last[1]) if last else {}
         params = resolve_parameters(explicit, (json.loads(c) for _, _, c in rows),
-                                    last_suggested)
+                                    last_parameters)
         decided = propose(rate, len(rows), params)
         if decided is None:
             return None
-        return decided[0], decided[1], rate, len(rows), rows[0][0]
+        return decided[0], decided[1], rate, len(rows), rows[0][0], params
 
     # -- memory ---------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ Version 2 (current):
   item per region.  ``region`` is NULL only for items carried over from
   version 1, which had no regions.
 * ``adaptations``: every command :meth:`ReasoningBank.suggest` issued, with
-  the last experience id it considered.
+  the last experience id it considered and the full parameter set it leaves
+  the agent with.
 
 Version 1 (the first layout) kept experiences with their score but no
 direction flag, situation or grouping, and memory items as a flat list with no
@@ -95,6 +96,7 @@ CREATE TABLE adaptations (
     issued_at REAL NOT NULL,
     last_experience INTEGER NOT NULL,
     changes TEXT NOT NULL,
+    parameters TEXT NOT NULL,
     reason TEXT NOT NULL,
     success_rate REAL NOT NULL,
     outcomes INTEGER NOT NULL

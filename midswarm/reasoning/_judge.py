@@ -4,7 +4,9 @@ The rule (from the reference design): with predicted ``p`` and actual ``a``,
 ``m = min(|p - a| / max(|a|, 0.001), 1)`` is the relative miss, capped; the
 score is ``0.5 + 0.5 (1 - m)`` when ``p`` and ``a`` have the same sign (the
 predicted direction was right) and ``0.5 (1 - m)`` otherwise, so a direction
-hit always scores at least 0.5 and a miss below 0.5.  Zero is its own sign:
+hit scores at least 0.5 and a miss at most 0.5 (below it, unless the miss is
+so small that ``1 - m`` rounds to 1).  The direction flag itself comes from
+the signs, never from the score.  Zero is its own sign:
 predicting 0.01 for an actual 0 is a miss.  The floor of 0.001 on ``|a|``
 keeps the ratio finite; inputs must be finite, so it never divides by zero
 or produces NaN.
@@ -42,7 +44,7 @@ def outcome_score(expected: float, actual: float) -> float:
 
 
 def direction_hit(expected: float, actual: float) -> bool:
-    """Same sign (zero counts as its own sign); exactly when the score is >= 0.5."""
+    """Same sign, zero counting as its own sign."""
     return _sign(expected) == _sign(actual)
 
 

@@ -135,7 +135,14 @@ class Database:
                     return
                 found = self._found_version(tables, version)
                 for v in range(found, version):
-                    migrations[v](self)
+                    try:
+                        migrations[v](self)
+                    except Exception as exc:
+                        # The transaction rolls back: the file stays at version `found`.
+                        raise SchemaError(
+                            f"{self.path!r}: migrating from schema version {v} to {v + 1} "
+                            f"failed, nothing was changed: {type(exc).__name__}: {exc}"
+                        ) from exc
                     self.set_meta(schema_version=v + 1)
         else:
             found = self._found_version(self._tables(), version)

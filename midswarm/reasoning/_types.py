@@ -91,7 +91,7 @@ class ParameterChange:
 class Verdict:
     """The ReasoningBank's judgement of one experience.
 
-    ``score`` in [0, 1] (0.5 and above means the direction was right);
+    ``score`` in [0, 1] (a direction hit scores at least 0.5, a miss at most 0.5);
     ``learn`` when score > 0.7, ``should_adapt`` when score < 0.3, ``distill``
     when score > 0.8.  ``confidence`` is how decisive the score is,
     ``|2 * score - 1|``.  ``suggested_changes`` is filled only when
