@@ -1,0 +1,548 @@
+"""Side-by-side transport benchmark: midswarm QUIC vs aioquic asyncio, trio-websocket, Trio TCP.
+
+Run from the repository root::
+
+    python benchmarks/transport.py            # everything, a few minutes
+    python benchmarks/transport.py --quick    # smoke run, everything shrunk
+    python benchmarks/transport.py --only rtt,bulk --agents 200
+
+Every measurement runs the server and the client in separate processes on
+loopback (``_transport_peer.py``); this script only starts them, relays the
+staging commands of the many-agents section and prints one table.  Sections:
+
+``rtt``        400-byte request/reply on one stream or connection: p50, p99.
+``bulk``       one stream, client sends N MiB, server acknowledges the count: MB/s
+               (QUIC at several ``max_datagram_size`` values).
+``handshake``  connect -> first reply, fresh connections: full handshake, and for
+               QUIC 0-RTT resumption with a session ticket.
+``agents``     many concurrent connections (default 1000, from 2 client processes)
+               each doing 10 request/replies: handshakes/s, round trips/s, server
+               memory per idle connection (VmRSS delta / connections).
+``streams``    1000 concurrent mailboxes on one connection (QUIC: a stream each;
+               TCP/WebSocket: multiplexed by a 4-byte id prefix), 20 round trips each.
+``hol``        head-of-line blocking: the ``streams`` workload (100 mailboxes x 200)
+               inside a network namespace that drops 2 % of packets (root, ``ip``
+               and ``iptables`` needed; otherwise the section is skipped).
+
+Only medians and percentiles are reported: these machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from typing import IO, Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEER = os.path.join(HERE, "_transport_peer.py")
+sys.path.insert(0, HERE)
+
+from _transport_common import KINDS, rss_kib  # noqa: E402
+
+SECTIONS = ("rtt", "bulk", "handshake", "agents", "streams", "hol")
+QUIC_KINDS = ("midswarm", "aioquic")
+
+
+class PeerProcess:
+    """One server or client process speaking the line protocol of ``_transport_peer``."""
+
+    def __init__(self, args: list[str], netns: str | None = None) -> None:
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, PEER, *args], cwd=HERE,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        self.pid = self.proc.pid
+        self._buf = b""
+        self.label = " ".join(args[:3])
+
+    def stderr_tail(self, lines: int = 15) -> str:
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip().splitlines()
+        return "\n".join(text[-lines:])
+
+    def expect(self, tag: str, timeout: float) -> dict[str, Any]:
+        """Wait for the line ``TAG {json}``; raise RuntimeError on exit or timeout."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buf:
+                line, _, self._buf = self._buf.partition(b"\n")
+                word, _, rest = line.decode().partition(" ")
+                if word == tag:
+                    return json.loads(rest) if rest else {}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"{self.label}: no {tag} within {timeout:.0f} s\n"
+                                   f"{self.stderr_tail()}")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if ready:
+                data = os.read(fd, 65536)
+                if not data:
+                    rc = self.proc.wait()
+                    raise RuntimeError(f"{self.label}: exited ({rc}) before {tag}\n"
+                                       f"{self.stderr_tail()}")
+                self._buf += data
+
+    def send(self, word: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(word.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._stderr.close()
+
+
+class Bench:
+    def __init__(self, certs: str, kinds: tuple[str, ...]) -> None:
+        self.certs = certs
+        self.kinds = kinds
+        #: row label -> kind -> value (number, or a string such as "timeout")
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.higher_is_better: dict[str, bool] = {}
+        self.notes: list[str] = []
+
+    def put(self, row: str, kind: str, value: Any, *, higher_better: bool) -> None:
+        self.rows.setdefault(row, {})[kind] = value
+        self.higher_is_better[row] = higher_better
+
+    @contextlib.contextmanager
+    def server(self, kind: str, params: dict[str, Any],
+               netns: str | None = None) -> Iterator[tuple[int, PeerProcess]]:
+        srv = PeerProcess(["server", kind, self.certs, json.dumps(params)], netns)
+        try:
+            port = int(srv.expect("PORT", 60)["port"])
+            yield port, srv
+        finally:
+            srv.stop()
+
+    def client(self, kind: str, section: str, port: int, params: dict[str, Any],
+               netns: str | None = None) -> dict[str, Any]:
+        cli = PeerProcess(["client", kind, section, str(port), self.certs,
+                           json.dumps(params)], netns)
+        try:
+            return cli.expect("RESULT", float(params.get("time_limit", 60)) + 60)
+        finally:
+            cli.stop()
+
+    def attempt(self, what: str, fn: Any, *args: Any) -> Any:
+        """Run one measurement; a failure becomes a note, not the end of the run."""
+        try:
+            return fn(*args)
+        except RuntimeError as exc:
+            self.notes.append(f"{what} FAILED: {exc}")
+            print(f"  {what} FAILED (see notes)", file=sys.stderr)
+            return None
+
+
+# --- sections ------------------------------------------------------------------------
+
+def section_rtt(b: Bench, s: dict[str, Any]) -> None:
+    params = {"size": 400, "warmup": s["rtt_warmup"], "count": s["rtt_count"],
+              "time_limit": 60}
+    for kind in b.kinds:
+        def run(kind: str = kind) -> dict[str, Any]:
+            with b.server(kind, {}) as (port, _):
+                return b.client(kind, "rtt", port, params)
+        r = b.attempt(f"rtt {kind}", run)
+        if r is None:
+            continue
+        suffix = " (timeout)" if r["timed_out"] else ""
+        b.put("RTT 400 B, p50 (us)", kind, r["p50_us"], higher_better=False)
+        b.put("RTT 400 B, p99 (us)", kind, r["p99_us"], higher_better=False)
+        if suffix:
+            b.notes.append(f"rtt {kind}: time limit hit after {r['count']} round trips")
+
+
+def section_bulk(b: Bench, s: dict[str, Any]) -> None:
+    sizes = s["datagram_sizes"]
+    last = f"bulk 1 stream, datagram {sizes[-1]} (MB/s)"
+    for kind in b.kinds:
+        runs = [(size, f"bulk 1 stream, datagram {size} (MB/s)") for size in sizes] \
+            if kind in QUIC_KINDS else [(None, last)]
+        for size, row in runs:
+            params: dict[str, Any] = {"mib": s["bulk_mib"], "time_limit": 60}
+            if size is not None:
+                params["max_datagram"] = size
+
+            def run(kind: str = kind, params: dict[str, Any] = params) -> dict[str, Any]:
+                with b.server(kind, params) as (port, _):
+                    return b.client(kind, "bulk", port, params)
+            r = b.attempt(f"bulk {kind} {size or ''}", run)
+            if r is None:
+                continue
+            b.put(row, kind, "timeout" if r["timed_out"] else r["mb_per_s"],
+                  higher_better=True)
+    b.notes.append(f"bulk: {s['bulk_mib']} MiB in 64 KiB messages, MB = 10^6 bytes; "
+                   "TCP and WebSocket have no datagram size (loopback MTU 65536): "
+                   "shown on the last bulk row.")
+
+
+def section_handshake(b: Bench, s: dict[str, Any]) -> None:
+    count = s["handshakes"]
+    for kind in b.kinds:
+        modes = [False, True] if kind in QUIC_KINDS else [False]
+        for resumed in modes:
+            params = {"count": count, "resumed": resumed, "time_limit": 60}
+
+            def run(kind: str = kind, params: dict[str, Any] = params) -> dict[str, Any]:
+                with b.server(kind, {}) as (port, _):
+                    return b.client(kind, "handshake", port, params)
+            r = b.attempt(f"handshake {kind} resumed={resumed}", run)
+            if r is None:
+                continue
+            row = ("connect->first reply, 0-RTT resumed, p50 (ms)" if resumed
+                   else "connect->first reply, full handshake, p50 (ms)")
+            b.put(row, kind, r["p50_us"] / 1000, higher_better=False)
+            if kind in QUIC_KINDS:
+                b.notes.append(
+                    f"handshake {kind} {'resumed' if resumed else 'full'}: "
+                    f"{r['connections']} connections, {r['resumed']} resumed, "
+                    f"{r['early_data']} with 0-RTT data accepted")
+    b.notes.append("handshake: TCP and WebSocket run without TLS (plain ws://): "
+                   "they are a floor, not a like-for-like peer.")
+
+
+def _agents_run(b: Bench, kind: str, s: dict[str, Any]) -> dict[str, Any]:
+    n, procs = s["agents"], s["agent_procs"]
+    per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+    limit = 120.0
+    params = {"rounds": 10, "size": 400, "time_limit": limit, "handshake_timeout": limit}
+    with b.server(kind, {}) as (port, srv):
+        time.sleep(0.5)
+        base = rss_kib(srv.pid)
+        clients = [PeerProcess(["client", kind, "agents", str(port), b.certs,
+                                json.dumps({**params, "n": k})]) for k in per if k]
+        try:
+            for c in clients:
+                c.expect("READY", 60)
+            for c in clients:
+                c.send("go")
+            connected = [c.expect("CONNECTED", limit + 30) for c in clients]
+            for c in clients:
+                c.send("go")
+            idle = [c.expect("IDLE", limit + 30) for c in clients]
+            time.sleep(0.5)
+            idle_rss = rss_kib(srv.pid)
+            for c in clients:
+                c.send("close")
+            results = [c.expect("RESULT", limit + 30) for c in clients]
+        finally:
+            for c in clients:
+                c.stop()
+    n_conn = sum(c["connected"] for c in connected)
+    failed = sum(r["failed"] for r in results)
+    failures = [f for r in results for f in r["failures"]]
+    round_trips = sum(i["round_trips"] for i in idle)
+    hs_span = max(c["t1"] for c in connected) - min(c["t0"] for c in connected)
+    msg_span = max(i["t3"] for i in idle) - min(i["t2"] for i in idle)
+    return {"connected": n_conn, "failed": failed, "failures": failures[:3],
+            "handshakes_per_s": n_conn / hs_span if hs_span > 0 else None,
+            "round_trips_per_s": round_trips / msg_span if msg_span > 0 else None,
+            "round_trips": round_trips, "expected": n_conn * 10,
+            "kib_per_conn": (idle_rss - base) / n_conn if n_conn else None,
+            "p99_us": max(i["p99_us"] for i in idle)}
+
+
+def section_agents(b: Bench, s: dict[str, Any]) -> None:
+    n = s["agents"]
+    for kind in b.kinds:
+        r = b.attempt(f"agents {kind}", _agents_run, b, kind, s)
+        if r is None:
+            continue
+        b.put(f"{n} agents: handshakes/s", kind, r["handshakes_per_s"], higher_better=True)
+        b.put(f"{n} agents: round trips/s (10 each)", kind, r["round_trips_per_s"],
+              higher_better=True)
+        b.put(f"{n} agents: server KiB per idle connection", kind, r["kib_per_conn"],
+              higher_better=False)
+        if r["failed"] or r["connected"] < n or r["round_trips"] < r["expected"]:
+            b.notes.append(f"agents {kind}: {r['connected']}/{n} connected, "
+                           f"{r['round_trips']}/{r['expected']} round trips, "
+                           f"{r['failed']} failed {r['failures']}")
+    b.notes.append(f"agents: {n} connections from {s['agent_procs']} client processes, "
+                   "opened all at once; memory = server VmRSS after the round trips "
+                   "minus before the first connection, divided by connections.")
+
+
+def _mailboxes(b: Bench, s: dict[str, Any], label: str, n: int, rounds: int,
+               netns: str | None, limit: float) -> None:
+    params = {"n": n, "rounds": rounds, "size": 400, "time_limit": limit}
+    for kind in b.kinds:
+        def run(kind: str = kind) -> dict[str, Any]:
+            with b.server(kind, {}, netns) as (port, _):
+                return b.client(kind, "mailboxes", port, params, netns)
+        r = b.attempt(f"{label} {kind}", run)
+        if r is None:
+            continue
+        b.put(f"{label}: round trips/s", kind, r["msgs_per_s"], higher_better=True)
+        b.put(f"{label}: p50 (ms)", kind, r["p50_us"] / 1000, higher_better=False)
+        b.put(f"{label}: p99 (ms)", kind, r["p99_us"] / 1000, higher_better=False)
+        if r["timed_out"] or r["count"] < r["expected"]:
+            b.notes.append(f"{label} {kind}: time limit {limit:.0f} s hit, "
+                           f"{r['count']}/{r['expected']} round trips done")
+
+
+def section_streams(b: Bench, s: dict[str, Any]) -> None:
+    n = s["streams"]
+    _mailboxes(b, s, f"{n} mailboxes on 1 conn", n, s["stream_rounds"], None, 30.0)
+    b.notes.append("mailboxes: QUIC = one stream per mailbox (aioquic keeps its default "
+                   "limit of 128 concurrent peer-opened streams, so the rest wait); "
+                   "TCP/WebSocket = mailboxes multiplexed on one connection by id prefix.")
+
+
+def _netns_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "not running as root"
+    missing = [t for t in ("ip", "iptables") if shutil.which(t) is None]
+    if missing:
+        return f"{' and '.join(missing)} not found"
+    return None
+
+
+class NamespaceUnavailable(Exception):
+    """The lossy network namespace could not be set up."""
+
+
+@contextlib.contextmanager
+def lossy_namespace(loss: float) -> Iterator[str]:
+    """A network namespace whose loopback drops ``loss`` of incoming packets.
+
+    Raises :class:`NamespaceUnavailable` when a setup command fails; the
+    namespace is deleted on the way out in every case.
+    """
+    name = f"msbench{os.getpid()}"
+    setup = [
+        ["ip", "netns", "add", name],
+        ["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
+        ["ip", "netns", "exec", name, "iptables", "-A", "INPUT", "-m", "statistic",
+         "--mode", "random", "--probability", str(loss), "-j", "DROP"],
+    ]
+    try:
+        for i, cmd in enumerate(setup):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                if i == 0:
+                    name = ""  # nothing to delete
+                raise NamespaceUnavailable(
+                    f"{' '.join(cmd)} failed: {done.stderr.strip() or done.returncode}")
+        yield name
+    finally:
+        if name:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def section_hol(b: Bench, s: dict[str, Any]) -> None:
+    loss = s["loss"]
+    n, rounds = s["hol_mailboxes"], s["hol_rounds"]
+    problem = _netns_problem()
+    if problem is None:
+        try:
+            with lossy_namespace(loss) as netns:
+                _mailboxes(b, s, f"HOL {loss:.0%} loss, {n} mailboxes", n, rounds,
+                           netns, 60.0)
+        except NamespaceUnavailable as exc:
+            problem = str(exc)
+    if problem is not None:
+        line = f"SKIPPED hol (head-of-line blocking under loss): {problem}"
+        print(line, flush=True)
+        b.notes.append(line)
+        return
+    b.notes.append(f"hol: {n} mailboxes x {rounds} request/replies of 400 B in a network "
+                   f"namespace dropping {loss:.0%} of packets (iptables statistic match "
+                   "on lo); QUIC: a stream each, TCP/WebSocket: multiplexed.")
+
+
+RUNNERS = {"rtt": section_rtt, "bulk": section_bulk, "handshake": section_handshake,
+           "agents": section_agents, "streams": section_streams, "hol": section_hol}
+
+
+# --- output --------------------------------------------------------------------------
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if value >= 1000:
+        return f"{value:,.0f}"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def render(b: Bench) -> str:
+    kinds = b.kinds
+    peers = [k for k in kinds if k != "midswarm"]
+    head = ["metric", *kinds, *[f"{p}/ms" for p in peers]] if "midswarm" in kinds \
+        else ["metric", *kinds]
+    body: list[list[str]] = []
+    for row, values in b.rows.items():
+        cells = [row, *[_fmt(values.get(k)) for k in kinds]]
+        if "midswarm" in kinds:
+            ours = values.get("midswarm")
+            for p in peers:
+                theirs = values.get(p)
+                if isinstance(ours, (int, float)) and isinstance(theirs, (int, float)) \
+                        and ours > 0 and theirs > 0:
+                    ratio = ours / theirs if b.higher_is_better[row] else theirs / ours
+                    cells.append(f"{ratio:.2f}")
+                else:
+                    cells.append("-")
+        body.append(cells)
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in [head, *body]]
+    rule = "-" * len(lines[0])
+    return "\n".join([lines[0], rule, *lines[1:]])
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_revision() -> str:
+    try:
+        root = os.path.dirname(HERE)
+        rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--",
+                                "midswarm/transport"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+        return rev + (" (midswarm/transport modified)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    if args.quick:
+        s = {"rtt_warmup": 50, "rtt_count": 300, "bulk_mib": 4,
+             "datagram_sizes": [1452, 16383], "handshakes": 5, "agents": 100,
+             "streams": 100, "stream_rounds": 5, "hol_mailboxes": 20, "hol_rounds": 20}
+    else:
+        s = {"rtt_warmup": 300, "rtt_count": 3000, "bulk_mib": 32,
+             "datagram_sizes": [1452, 9000, 16383], "handshakes": 30, "agents": 1000,
+             "streams": 1000, "stream_rounds": 20, "hol_mailboxes": 100, "hol_rounds": 200}
+    for key in ("agents", "streams"):
+        if getattr(args, key) is not None:
+            s[key] = getattr(args, key)
+    if args.datagram_sizes is not None:
+        s["datagram_sizes"] = args.datagram_sizes
+    s["agent_procs"] = args.agent_procs
+    s["loss"] = args.loss
+    return s
+
+
+def _csv(choices: tuple[str, ...], what: str) -> Any:
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(x.strip() for x in text.split(",") if x.strip())
+        bad = [x for x in items if x not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {bad or text!r}; choose from {','.join(choices)}")
+        return items
+    return parse
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    bad = [x for x in sizes if not 1200 <= x <= 65527]
+    if bad or not sizes:
+        raise argparse.ArgumentTypeError(
+            f"datagram sizes must be between 1200 and 65527, got {bad or text!r}")
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="shrink everything (smoke run)")
+    ap.add_argument("--only", type=_csv(SECTIONS, "section"), default=SECTIONS,
+                    help=f"comma-separated sections: {','.join(SECTIONS)}")
+    ap.add_argument("--peers", type=_csv(KINDS, "peer"), default=KINDS,
+                    help=f"comma-separated peers: {','.join(KINDS)}")
+    ap.add_argument("--agents", type=_positive, default=None,
+                    help="concurrent connections in the agents section (default 1000)")
+    ap.add_argument("--agent-procs", type=_positive, default=2,
+                    help="client processes sharing the agents (default 2)")
+    ap.add_argument("--streams", type=_positive, default=None,
+                    help="concurrent mailboxes in the streams section (default 1000)")
+    ap.add_argument("--datagram-sizes", type=_sizes, default=None,
+                    help="comma-separated QUIC max_datagram_size values for the bulk "
+                         "section (default 1452,9000,16383; aioquic builds broken packets "
+                         "above 16383)")
+    ap.add_argument("--loss", type=float, default=0.02,
+                    help="packet drop probability in the hol section (default 0.02)")
+    args = ap.parse_args(argv)
+    if not 0 < args.loss < 1:
+        ap.error(f"--loss must be between 0 and 1, got {args.loss}")
+    s = settings(args)
+    kinds = tuple(k for k in KINDS if k in args.peers)
+
+    from midswarm.transport import make_dev_certs
+
+    print(f"midswarm transport benchmark  {datetime.datetime.now().isoformat(' ', 'seconds')}")
+    print(f"platform {platform.platform()}  cpus {os.cpu_count()}  "
+          f"python {platform.python_version()}")
+    print(f"aioquic {_version('aioquic')}  trio {_version('trio')}  "
+          f"trio-websocket {_version('trio-websocket')}  midswarm git {_git_revision()}")
+    print(f"mode {'quick' if args.quick else 'full'}  sections {','.join(args.only)}  "
+          f"loopback, server and client in separate processes")
+    sys.stdout.flush()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="msbench-") as tmp:
+        certs = str(make_dev_certs(tmp))
+        bench = Bench(certs, kinds)
+        for section in SECTIONS:
+            if section in args.only:
+                print(f"  running {section} ...", file=sys.stderr, flush=True)
+                RUNNERS[section](bench, s)
+    print()
+    print("ratio columns (<peer>/ms): how many times better midswarm is than that peer;"
+          " > 1 = midswarm better.")
+    print("  latency and memory rows: peer / midswarm;  rate rows: midswarm / peer.")
+    print()
+    print(render(bench))
+    print()
+    for note in bench.notes:
+        print(f"* {note}")
+    print(f"\ntotal time {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
