@@ -41,6 +41,18 @@ from ._validate import (
 __all__ = ["KnnResult", "PatternLibrary", "SearchStats", "dtw_knn", "dtw_knn_stats"]
 
 
+# Candidates per chunk: large enough to amortise a parallel round, small
+# enough that the shared threshold is refreshed often.
+_MIN_CHUNK = 2048
+_MAX_CHUNK = 65536
+
+
+def _pool_capacity(k: int, radius: int) -> int:
+    # k picks 2*exclusion apart exist among any k * (4 * exclusion + 1)
+    # consecutive candidates, so the first chunk rarely needs to grow its pool.
+    return max(256, 2 * k * (2 * radius + 1))
+
+
 @dataclass(frozen=True)
 class SearchStats:
     """How the candidates of one search were disposed of.
@@ -137,16 +149,14 @@ def _merge_pools(
 
 
 def _search(
-    prep: _Prepared, q: np.ndarray, w: int, k: int, exclusion: int, znorm: bool,
-    chunk: int | None = None,
+    prep: _Prepared, q: np.ndarray, w: int, k: int, exclusion: int, znorm: bool
 ) -> KnnResult:
     qn, q_upper, q_lower, order = _prepare_query(q, w, znorm)
     radius = 2 * exclusion
     n_cand = prep.n_cand
     threads = numba.get_num_threads()
-    if chunk is None:
-        chunk = int(min(65536, max(2048, n_cand // (8 * threads))))
-    base_cap = max(256, 2 * k * (2 * radius + 1))
+    chunk = int(min(_MAX_CHUNK, max(_MIN_CHUNK, n_cand // (8 * threads))))
+    base_cap = _pool_capacity(k, radius)
     stats = np.zeros(N_STATS, dtype=np.int64)
     pool_d = np.empty(0)
     pool_s = np.empty(0, dtype=np.int64)
@@ -353,7 +363,8 @@ def dtw_knn(
 
     Every window ``series[s : s + len(query)]`` is a candidate; with *znorm*
     both query and candidate are z-normalised first (population standard
-    deviation; a flat window, ``std <= 1e-10 * |mean|``, becomes all zeros).
+    deviation; a flat window, ``std <= 1e-10 * |mean|`` or ``std < 1e-150``,
+    becomes all zeros).
     The answer is the greedy one: candidates sorted by ``(distance, start)``,
     take the best, discard every candidate whose start is within *exclusion*
     of it (``|s - s_best| <= exclusion``), repeat until *k* are taken.  It is
