@@ -35,7 +35,9 @@ from ..transport import PROTOCOL_VERSION, message
 __all__ = [
     "AGENT_TYPES",
     "CONTROL_TRANSITIONS",
+    "TASK_AGENT_TYPES",
     "Ack",
+    "ActorRestarted",
     "AdaptationCommand",
     "AgentHello",
     "CorrelationTask",
@@ -93,14 +95,24 @@ class Welcome:
     coordinator_id: str
     stream_assignments: dict[str, str]
     parameters: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    #: Seconds between the heartbeats each side sends on the control stream;
+    #: a side that hears nothing for several intervals drops the connection.
+    heartbeat_interval: float = 1.0
 
 
 @message("swarm.refused")
 @attrs.frozen
 class Refused:
-    """The hello was refused; the connection closes after this."""
+    """The hello was refused; the connection closes after this.
+
+    ``retry_after`` is ``None`` for a refusal that will not change (wrong
+    version, identity mismatch, unknown agent type), else the seconds after
+    which saying hello again may succeed (the agent id is still in use by a
+    connection the coordinator has not yet seen die).
+    """
 
     reason: str
+    retry_after: float | None = None
 
 
 @message("swarm.bind")
@@ -127,6 +139,17 @@ class Drain:
     """Stop taking new tasks, finish the ones in flight, then disconnect."""
 
     reason: str = ""
+
+
+@message("swarm.actor_restarted")
+@attrs.frozen
+class ActorRestarted:
+    """Agent -> coordinator: the local supervisor restarted a hosted actor, so
+    its in-memory state (a pattern matcher's shard) was rebuilt from scratch."""
+
+    agent_type: str
+    actor_name: str
+    restarts: int
 
 
 @message("swarm.ack")
@@ -274,6 +297,15 @@ class TaskFailed:
     traceback: str = ""
 
 
+#: Task message class -> the agent type that handles it.
+TASK_AGENT_TYPES: dict[type, str] = {
+    PatternMatchTask: "pattern_matcher",
+    CorrelationTask: "correlator",
+    FeatureTask: "feature_engineer",
+    TrainStep: "neural_trainer",
+    ExperienceBatch: "reasoning_bank",
+}
+
 # The reasoning package's value types travel as they are.
 for _tag, _cls in (("reasoning.experience", Experience), ("reasoning.verdict", Verdict),
                    ("reasoning.change", ParameterChange),
@@ -298,6 +330,8 @@ CONTROL_TRANSITIONS: dict[tuple[str, str, str], str] = {
     ("coordinator", "ACTIVE", "Drain"): "DRAINING",
     ("agent", "DRAINING", "Heartbeat"): "DRAINING",
     ("agent", "DRAINING", "Ack"): "DRAINING",
+    ("agent", "ACTIVE", "ActorRestarted"): "ACTIVE",
+    ("agent", "DRAINING", "ActorRestarted"): "DRAINING",
     ("coordinator", "DRAINING", "Heartbeat"): "DRAINING",
 }
 
