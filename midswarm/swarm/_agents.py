@@ -1,0 +1,191 @@
+"""The five actor behaviours of the swarm, and their factories.
+
+Every behaviour is an :class:`~midswarm.actors.Actor` built by a factory
+``(agent_id, parameters) -> Actor``; :data:`AGENT_FACTORIES` maps each name of
+:data:`~midswarm.swarm._protocol.AGENT_TYPES` to its factory.  An actor's state
+lives on the instance and is rebuilt by the constructor when the supervisor
+restarts it.  Numeric work runs in a worker thread (the kernels release the
+GIL), so an agent's event loop keeps serving its streams meanwhile.
+
+A malformed message raises :class:`ValueError` or :class:`TypeError` naming
+the bad field; by actor semantics that fails the ``ask`` with the message and
+restarts the instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import trio
+from scipy import stats
+
+from ..actors import Actor
+from ..kernels import features, influence_rank, lcss_matrix, mlp
+from ._agent_bank import ReasoningBankActor
+from ._agent_matcher import PatternMatcher
+from ._protocol import (
+    AGENT_TYPES,
+    CorrelationTask,
+    FeatureBlock,
+    FeatureTask,
+    Gradients,
+    StrategyCorrelation,
+    TrainStep,
+)
+
+__all__ = [
+    "AGENT_FACTORIES",
+    "FeatureEngineer",
+    "NeuralTrainer",
+    "PatternMatcher",
+    "ReasoningBankActor",
+    "StrategyCorrelator",
+    "rank_correlation",
+]
+
+_FEATURE_OPTIONS = ("window", "ema_span", "rsi_period", "macd_fast", "macd_slow",
+                    "macd_signal", "bollinger_k", "atr_period", "vol_window")
+
+
+def _unknown(actor: Actor, msg: Any) -> TypeError:
+    return TypeError(f"{type(actor).__name__} cannot handle {type(msg).__name__} "
+                     f"message {msg!r}")
+
+
+def rank_correlation(strategies: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation between the rows of ``strategies``, as an
+    ``(n, n)`` matrix: the Pearson correlation of the rows' average ranks
+    (``scipy.stats.rankdata``), which is what ``scipy.stats.spearmanr`` gives
+    for each pair.  A constant row has no ranking: its row and column
+    (diagonal entry included) are NaN, and the other entries are still given.
+    """
+    rows = np.asarray(strategies, dtype=np.float64)
+    n = rows.shape[0]
+    if rows.shape[1] < 2:
+        return np.full((n, n), np.nan)
+    ranks = stats.rankdata(rows, axis=1)
+    centred = ranks - ranks.mean(axis=1, keepdims=True)
+    norms = np.sqrt((centred * centred).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = centred / norms[:, None]
+    rho = np.clip(unit @ unit.T, -1.0, 1.0)
+    np.fill_diagonal(rho, 1.0)
+    constant = norms == 0
+    rho[constant, :] = np.nan
+    rho[:, constant] = np.nan
+    return rho
+
+
+class StrategyCorrelator(Actor):
+    """:class:`CorrelationTask` -> :class:`StrategyCorrelation`.
+
+    ``matrix`` is :func:`~midswarm.kernels.lcss_matrix` of the strategies'
+    signals (``epsilon`` and ``window`` from the task), ``influence`` the
+    :func:`~midswarm.kernels.influence_rank` of that matrix (damping from
+    ``parameters["damping"]``, default 0.85) and ``rank_correlation`` the
+    Spearman correlation of :func:`rank_correlation`.  Names default to
+    ``s0, s1, ...``; given names must be one per strategy.
+    """
+
+    def __init__(self, agent_id: str, parameters: Mapping[str, Any] | None = None) -> None:
+        params = dict(parameters or {})
+        self.agent_id = agent_id
+        self.damping = float(params.get("damping", 0.85))
+        if not 0.0 < self.damping < 1.0:
+            raise ValueError(f"parameters['damping'] must be in (0, 1), got {self.damping!r}")
+
+    async def handle(self, msg: Any) -> Any:
+        if not isinstance(msg, CorrelationTask):
+            raise _unknown(self, msg)
+        signals = np.asarray(msg.strategies, dtype=np.float64)
+        if signals.ndim != 2 or signals.shape[0] < 1 or signals.shape[1] < 1:
+            raise ValueError(f"CorrelationTask.strategies must be a 2-D array with one row per "
+                             f"strategy, got shape {signals.shape}")
+        names = list(msg.names) or [f"s{i}" for i in range(signals.shape[0])]
+        if len(names) != signals.shape[0]:
+            raise ValueError(f"CorrelationTask.names: {len(names)} names for "
+                             f"{signals.shape[0]} strategies")
+        return await trio.to_thread.run_sync(self._correlate, signals, names, msg)
+
+    def _correlate(self, signals: np.ndarray, names: list[str], msg: CorrelationTask
+                   ) -> StrategyCorrelation:
+        matrix = lcss_matrix(signals, msg.epsilon, msg.window)
+        influence = influence_rank(matrix, self.damping)
+        return StrategyCorrelation(names=names, matrix=matrix, influence=influence,
+                                   rank_correlation=rank_correlation(signals))
+
+
+class FeatureEngineer(Actor):
+    """:class:`FeatureTask` -> :class:`FeatureBlock` of
+    :func:`~midswarm.kernels.features` (columns :data:`~midswarm.kernels.FEATURE_COLUMNS`).
+
+    ``parameters`` and then ``task.params`` may set the feature options
+    (``window``, ``ema_span``, ``rsi_period``, ``macd_fast``, ``macd_slow``,
+    ``macd_signal``, ``bollinger_k``, ``atr_period``, ``vol_window``); an
+    unknown option raises :class:`ValueError`.  ``values`` is a C-ordered
+    ``(bars, columns)`` float64 array; rows without enough history are NaN.
+    """
+
+    def __init__(self, agent_id: str, parameters: Mapping[str, Any] | None = None) -> None:
+        self.agent_id = agent_id
+        self.options = self._options(parameters or {}, "parameters")
+
+    @staticmethod
+    def _options(values: Mapping[str, Any], name: str) -> dict[str, Any]:
+        unknown = [key for key in values if key not in _FEATURE_OPTIONS]
+        if unknown:
+            raise ValueError(f"{name}: unknown feature option(s) {', '.join(map(repr, unknown))} "
+                             f"(known: {', '.join(_FEATURE_OPTIONS)})")
+        return dict(values)
+
+    async def handle(self, msg: Any) -> Any:
+        if not isinstance(msg, FeatureTask):
+            raise _unknown(self, msg)
+        options = dict(self.options)
+        options.update(self._options(msg.params, "FeatureTask.params"))
+        ohlcv = np.asarray(msg.ohlcv)
+        if ohlcv.ndim != 2 or ohlcv.shape[1] != 5:
+            raise ValueError(f"FeatureTask.ohlcv must have shape (bars, 5) (open, high, low, "
+                             f"close, volume), got {ohlcv.shape}")
+        frame = await trio.to_thread.run_sync(lambda: features(ohlcv, **options))
+        return FeatureBlock(names=list(frame.columns),
+                            values=np.ascontiguousarray(frame.values))
+
+
+class NeuralTrainer(Actor):
+    """:class:`TrainStep` -> :class:`Gradients`: the mean-squared-error loss and
+    its gradients (:func:`midswarm.kernels.mlp.loss_and_grads`) at the step's
+    parameters on its batch, tagged with the step's ``model_version``.
+    Stateless: the parameter server sends the parameters with every step.
+    """
+
+    def __init__(self, agent_id: str, parameters: Mapping[str, Any] | None = None) -> None:
+        self.agent_id = agent_id
+        self.steps = 0
+
+    async def handle(self, msg: Any) -> Any:
+        if not isinstance(msg, TrainStep):
+            raise _unknown(self, msg)
+        x = np.asarray(msg.x)
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise ValueError(f"TrainStep.x must be a non-empty (samples, inputs) array, got "
+                             f"shape {x.shape}")
+        value, grads = await trio.to_thread.run_sync(mlp.loss_and_grads, msg.params, x, msg.y)
+        self.steps += 1
+        return Gradients(model_version=msg.model_version, grads=grads, batch_size=x.shape[0],
+                         loss=value)
+
+
+AgentFactory = Callable[[str, dict[str, Any]], Actor]
+
+#: Agent type -> factory ``(agent_id, parameters) -> Actor``.
+AGENT_FACTORIES: dict[str, AgentFactory] = {
+    "pattern_matcher": PatternMatcher,
+    "correlator": StrategyCorrelator,
+    "feature_engineer": FeatureEngineer,
+    "neural_trainer": NeuralTrainer,
+    "reasoning_bank": ReasoningBankActor,
+}
+assert tuple(AGENT_FACTORIES) == AGENT_TYPES
