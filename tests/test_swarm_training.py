@@ -61,7 +61,7 @@ def reference(data: list[tuple[np.ndarray, np.ndarray]], seed: int, lr: float
 async def test_data_parallel_equals_single_process(shards: int) -> None:
     data = batches(11, 25, 37)  # 37 rows: shards of unequal sizes
     async with open_supervisor() as sup:
-        refs = [await sup.start_child(ChildSpec(lambda: NeuralTrainer(f"t{i}", {}),
+        refs = [await sup.start_child(ChildSpec(lambda i=i: NeuralTrainer(f"t{i}", {}),
                                                 name=f"t{i}")) for i in range(3)]
         server = ParameterServer(scatter_over(refs), LAYERS, seed=4, lr=0.01, shards=shards)
         for x, y in data:
