@@ -178,7 +178,7 @@ def test_pattern_library_reuse_and_scores() -> None:
     patterns = np.cumsum(rng.standard_normal((300, 24)), axis=1).astype(np.float32)
     library = PatternLibrary(patterns, window=3)
     assert len(library) == 300 and library.length == 24
-    for trial in range(3):
+    for _ in range(3):
         q = np.cumsum(rng.standard_normal(24))
         all_d = library.distances(q)
         expected = [
