@@ -166,7 +166,8 @@ def test_filtered_search_is_exact_at_every_selectivity(tmp_path, rng):
     q = rng.standard_normal(8).astype(np.float32)
     for cut in (1, 10, 50, 90, 100):  # gather path and full-scan path
         hits = store.search(q, 10, where={"g": {"$lt": cut}})
-        assert_matches(hits, brute_force(model, q, 10, "l2", keep=lambda i: groups[i] < cut))
+        wanted = brute_force(model, q, 10, "l2", keep=lambda i, cut=cut: groups[i] < cut)
+        assert_matches(hits, wanted)
 
 
 def test_upsert_replaces_vector_and_metadata(tmp_path):

@@ -163,7 +163,7 @@ def test_repeated_failure_cannot_run_away(bank):
     lo, hi = PARAMETER_LIMITS["similarity_threshold"]
     sims = [c["similarity_threshold"][1] for c in seen if "similarity_threshold" in c]
     assert sims == sorted(sims) and sims[-1] == hi
-    steps = [b - a for a, b in zip(sims, sims[1:])]
+    steps = [b - a for a, b in zip(sims, sims[1:], strict=False)]
     # One step each time; the last may be shorter, where the limit cuts it off.
     assert all(s == pytest.approx(THRESHOLD_STEP) for s in steps[:-1])
     assert 0 < steps[-1] <= THRESHOLD_STEP + 1e-9
