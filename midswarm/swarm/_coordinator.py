@@ -1,0 +1,766 @@
+"""The coordinator: agents in, tasks out, results back exactly once.
+
+Theory of operation
+-------------------
+:func:`open_coordinator` runs, inside one ``async with`` block:
+
+* a supervisor (``coordinator``) owning the ``proxies`` supervisor -- one
+  :class:`~midswarm.swarm._proxy.RemoteActorProxy` per remote actor -- and
+  the ``agent-processes`` supervisor of the agents it spawned itself
+  (:meth:`Coordinator.spawn_agent`), which restarts an agent process that dies;
+* a QUIC listener when ``tls`` is given (agents on other processes or hosts),
+  and :meth:`Coordinator.attach` for any other connection object with the same
+  shape (the in-memory pairs of an embedded swarm): both are served by the
+  same code (:mod:`._session`), so the in-process and the multi-process swarm
+  share all their logic;
+* delivery (:mod:`._delivery`), the sharded pattern library
+  (:mod:`._scatter`) and the learning loop's bookkeeping (:mod:`._learning`).
+
+Leaving the block normally drains: agents are told :class:`Drain`, tasks in
+flight get ``drain_timeout`` seconds to finish, then connections close and
+spawned agent processes exit.  Leaving it with an exception, or cancelling
+it, stops everything at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import attrs
+import outcome
+import trio
+
+from ..actors import (
+    ActorError,
+    ActorStopped,
+    Backoff,
+    SupervisionEvent,
+    Supervisor,
+    SupervisorSpec,
+    open_supervisor,
+)
+from ..reasoning import PARAMETER_LIMITS, Verdict
+from ..transport import QuicConfig, ServerTLS, serve_quic
+from ._config import CoordinatorConfig, check_parameters
+from ._delivery import Dispatcher
+from ._errors import CoordinatorClosed, TaskTimeout
+from ._learning import Predictions
+from ._protocol import (
+    TASK_AGENT_TYPES,
+    AdaptationCommand,
+    AgentHello,
+    Drain,
+    ExperienceBatch,
+    PatternMatchResult,
+    PatternMatchTask,
+    Verdicts,
+)
+from ._proxy import Forward, RemoteActor
+from ._scatter import PatternShards
+from ._session import AgentSession, proxy_spec, serve_connection
+from ._util import open_service_nursery
+
+__all__ = ["AgentInfo", "Coordinator", "CoordinatorStats", "open_coordinator"]
+
+log = logging.getLogger("midswarm.swarm")
+
+_WHOLE_PARAMETERS = ("window", "k")
+
+
+@attrs.frozen
+class AgentInfo:
+    """What :attr:`Coordinator.agents` says about one agent.
+
+    ``state`` is ``"connected"``, ``"draining"`` or ``"disconnected"``.
+    ``in_flight`` maps each hosted type to the tasks sent to it and not yet
+    answered; ``completed``/``failed`` count answers and failures (delivery
+    failures included) over all its sessions.  ``restarts`` counts how often
+    the coordinator's supervisor restarted the agent's process (agents it
+    spawned); ``actor_restarts`` how often the agent reported restarting one
+    of its actors; ``sessions`` how many times it connected.
+    """
+
+    agent_id: str
+    types: tuple[str, ...]
+    state: str
+    in_flight: dict[str, int]
+    completed: int
+    failed: int
+    restarts: int
+    actor_restarts: int
+    sessions: int
+    pid: int | None
+    parameters: dict[str, dict[str, Any]]
+    last_disconnect_reason: str
+
+
+@attrs.frozen
+class CoordinatorStats:
+    """Counters since the coordinator started (a snapshot)."""
+
+    submitted: int
+    completed: int
+    failed: int
+    undeliverable: int
+    timed_out: int
+    resent: int
+    duplicates: int
+    late: int
+    in_flight: int
+    patterns: int
+    predictions_pending: int
+    experiences: int
+    verdicts: int
+    adaptations_issued: int
+    adaptations_sent: int
+    adaptations_acked: int
+    adaptations_deferred: int
+
+
+class AgentRecord:
+    """What the coordinator remembers about an agent id, across its sessions."""
+
+    def __init__(self, agent_id: str, types: list[str]) -> None:
+        self.agent_id = agent_id
+        self.types = types
+        self.session: AgentSession | None = None
+        self.sessions = 0
+        self.actor_restarts = 0
+        #: Per type, parameters to send in the next Welcome (adaptations included).
+        self.parameters: dict[str, dict[str, Any]] = {}
+        self.process: Any = None  # a _spawn.SpawnedAgent for agents we spawned
+        self.disconnected_at: float | None = None
+        self.last_end_reason = ""
+        self.completed = 0
+        self.failed = 0
+
+
+class Coordinator:
+    """A running coordinator; get one from :func:`open_coordinator`."""
+
+    def __init__(self, config: CoordinatorConfig, parameters: Mapping[str, Any],
+                 store_dir: str, tls: ServerTLS | None) -> None:
+        self.config = config
+        self.store_dir = store_dir
+        self.coordinator_id = config.coordinator_id
+        self._tls = tls
+        self._parameters = check_parameters(parameters)
+        self._records: dict[str, AgentRecord] = {}
+        self._dispatcher = Dispatcher(config)
+        self._library = PatternShards(self._dispatcher, config, store_dir)
+        self._predictions = Predictions()
+        self._nursery: trio.Nursery | None = None
+        self._proxies: Supervisor | None = None
+        self._processes: Supervisor | None = None
+        self._process_nursery: trio.Nursery | None = None
+        self._listener: Any = None
+        self._membership = trio.Event()
+        self.closing = False
+        self.closed = False
+        self._experiences = 0
+        self._verdicts = 0
+        self._adaptations_issued = 0
+        self._adaptations_sent = 0
+        self._adaptations_acked = 0
+        self._adaptations_deferred = 0
+
+    # -- public: who is there ------------------------------------------------------------
+
+    @property
+    def port(self) -> int | None:
+        """The UDP port the QUIC listener is bound to (``None`` without ``tls``)."""
+        return None if self._listener is None else int(self._listener.port)
+
+    @property
+    def host(self) -> str | None:
+        return None if self._listener is None else str(self._listener.host)
+
+    @property
+    def agents(self) -> dict[str, AgentInfo]:
+        """Every agent id seen so far, connected or not (a fresh snapshot)."""
+        out = {}
+        for agent_id, record in self._records.items():
+            session = record.session
+            in_flight = {}
+            completed, failed = record.completed, record.failed
+            if session is not None:
+                for agent_type, link in session.links.items():
+                    in_flight[agent_type] = link.in_flight
+                    completed += link.completed
+                    failed += link.failed
+            state = ("disconnected" if session is None else
+                     "draining" if session.draining else "connected")
+            process = record.process
+            out[agent_id] = AgentInfo(
+                agent_id=agent_id, types=tuple(record.types), state=state, in_flight=in_flight,
+                completed=completed, failed=failed,
+                restarts=process.restarts if process is not None else 0,
+                actor_restarts=record.actor_restarts, sessions=record.sessions,
+                pid=(session.pid if session is not None else
+                     process.pid if process is not None else None),
+                parameters={t: dict(p) for t, p in self._parameters_for(
+                    record, record.types).items()},
+                last_disconnect_reason=record.last_end_reason)
+        return out
+
+    @property
+    def stats(self) -> CoordinatorStats:
+        d = self._dispatcher.stats
+        return CoordinatorStats(
+            submitted=d.submitted, completed=d.completed, failed=d.failed,
+            undeliverable=d.undeliverable, timed_out=d.timed_out, resent=d.resent,
+            duplicates=d.duplicates, late=d.late,
+            in_flight=self._dispatcher.attempts_in_flight, patterns=len(self._library),
+            predictions_pending=len(self._predictions), experiences=self._experiences,
+            verdicts=self._verdicts, adaptations_issued=self._adaptations_issued,
+            adaptations_sent=self._adaptations_sent, adaptations_acked=self._adaptations_acked,
+            adaptations_deferred=self._adaptations_deferred)
+
+    def connected(self, agent_type: str | None = None) -> list[str]:
+        """Ids of the connected agents (hosting ``agent_type``, if given)."""
+        return [agent_id for agent_id, record in self._records.items()
+                if record.session is not None and not record.session.draining
+                and (agent_type is None or agent_type in record.session.links)]
+
+    async def wait_for_agents(self, expected: Mapping[str, int] | Iterable[str],
+                              timeout: float | None = None) -> None:
+        """Wait until the agents are connected.
+
+        ``expected`` is ``{agent_type: count}`` (at least that many agents
+        hosting each type) or an iterable of agent ids.  Raises
+        :class:`TimeoutError` naming what is missing after ``timeout`` seconds.
+        """
+        if isinstance(expected, Mapping):
+            counts = dict(expected)
+
+            def missing() -> list[str]:
+                return [f"{n - len(self.connected(t))} more {t}" for t, n in counts.items()
+                        if len(self.connected(t)) < n]
+        else:
+            ids = list(expected)
+
+            def missing() -> list[str]:
+                live = set(self.connected())
+                return [agent_id for agent_id in ids if agent_id not in live]
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while missing():
+                await self._membership.wait()
+            return
+        raise TimeoutError(f"agents not connected after {timeout:g} s: {', '.join(missing())}")
+
+    # -- public: work ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closing or self.closed or self._nursery is None:
+            raise CoordinatorClosed("the coordinator is shutting down" if self.closing
+                                    else "the coordinator is not running")
+
+    async def submit(self, task: Any, *, timeout: float | None = None,
+                     agent: str | None = None) -> Any:
+        """Have an agent do ``task`` and return its result.
+
+        The task's class picks the agent type (:data:`TASK_AGENT_TYPES`).  A
+        :class:`PatternMatchTask` is scattered to every pattern matcher and
+        their answers merged (see :mod:`._scatter`); the result is remembered
+        for :meth:`report_outcome`.  ``agent`` pins the task to that agent
+        (one attempt, no re-send; for a pattern task: that matcher's shard
+        only).  Waits for a free credit when every agent of the type is busy.
+
+        Raises :class:`TypeError` for a message that is not a task,
+        :class:`TaskTimeout` after ``timeout`` seconds, :class:`NoAgentAvailable`,
+        :class:`TaskUndeliverable`, :class:`~midswarm.actors.ActorFailed` when
+        the actor failed on this task (after one retry elsewhere), and
+        :class:`CoordinatorClosed`.  Cancelling the call abandons the task
+        (an attempt already sent runs to its end on its agent).
+        """
+        agent_type = TASK_AGENT_TYPES.get(type(task))
+        if agent_type is None:
+            names = ", ".join(cls.__name__ for cls in TASK_AGENT_TYPES)
+            raise TypeError(f"submit() takes a task message ({names}), "
+                            f"got {type(task).__name__}")
+        self._check_open()
+        if agent_type != "pattern_matcher" or agent is not None:
+            result = await self._dispatcher.deliver(agent_type, task, timeout=timeout,
+                                                    agent_id=agent)
+            if isinstance(result, PatternMatchResult) and agent is not None:
+                self._predictions.remember(self._dispatcher.new_task_id(), result, [agent])
+            return result
+        return await self._scatter(task, timeout)
+
+    async def _scatter(self, task: PatternMatchTask, timeout: float | None) -> PatternMatchResult:
+        stats = self._dispatcher.stats
+        stats.submitted += 1
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            try:
+                answer = await self._library.scatter(task)
+            except ActorError:
+                stats.failed += 1
+                raise
+            stats.completed += 1
+            task_id = self._dispatcher.new_task_id()
+            self._predictions.remember(task_id, answer.result, answer.contributors)
+            return answer.result
+        assert timeout is not None
+        stats.timed_out += 1
+        raise TaskTimeout(0, timeout)
+
+    async def map(self, tasks: Iterable[Any] | AsyncIterable[Any], *,
+                  concurrency: int = 64, ordered: bool = False, timeout: float | None = None,
+                  return_exceptions: bool = False) -> AsyncIterator[Any]:
+        """Submit every task and yield the results.
+
+        At most ``concurrency`` tasks are submitted at once (and each waits for
+        a credit, so the agents' credits bound what is really in flight); the
+        iterable is read lazily.  Results come in completion order, or in
+        input order with ``ordered=True`` (then up to ``concurrency`` finished
+        results wait for an earlier one).  A task's error is raised from the
+        iteration -- after which the remaining tasks are abandoned -- or, with
+        ``return_exceptions=True``, yielded in place of its result.
+        ``timeout`` applies to each task.  Leaving the loop early abandons the
+        tasks not yet done: close the iterator promptly (``async with
+        contextlib.aclosing(coord.map(...))``) to stop submitting at once.
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        self._check_open()
+        assert self._nursery is not None
+        send, receive = trio.open_memory_channel[tuple[int, outcome.Outcome[Any]]](concurrency)
+        scope = trio.CancelScope()
+        self._nursery.start_soon(self._feed, tasks, concurrency, timeout, send, scope)
+        pending: dict[int, outcome.Outcome[Any]] = {}
+        next_index = 0
+        try:
+            async with receive:
+                async for index, result in receive:
+                    if not ordered:
+                        pending = {index: result}
+                        next_index = index
+                    else:
+                        pending[index] = result
+                    while next_index in pending:
+                        item = pending.pop(next_index)
+                        next_index += 1
+                        if isinstance(item, outcome.Error):
+                            if not return_exceptions or index < 0:
+                                raise item.error
+                            yield item.error
+                        else:
+                            yield item.unwrap()
+        finally:
+            scope.cancel()
+
+    async def _feed(self, tasks: Iterable[Any] | AsyncIterable[Any], concurrency: int,
+                    timeout: float | None,
+                    send: trio.MemorySendChannel[tuple[int, outcome.Outcome[Any]]],
+                    scope: trio.CancelScope) -> None:
+        slots = trio.Semaphore(concurrency)
+
+        async def one(index: int, task: Any) -> None:
+            try:
+                result: outcome.Outcome[Any] = outcome.Value(
+                    await self.submit(task, timeout=timeout))
+            except Exception as exc:
+                result = outcome.Error(exc)
+            try:
+                await send.send((index, result))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                scope.cancel()  # the consumer is gone
+            slots.release()
+
+        with scope:
+            async with send:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        index = 0
+                        async for task in _aiter(tasks):
+                            await slots.acquire()
+                            nursery.start_soon(one, index, task)
+                            index += 1
+                except Exception as exc:  # the iterable itself raised
+                    try:
+                        await send.send((-1, outcome.Error(exc)))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+
+    # -- public: the pattern library and the learning loop ------------------------------
+
+    async def add_patterns(self, vectors: Any, outcomes: Any) -> list[int]:
+        """Add patterns (one per row, with their known outcomes) to the library.
+
+        They are stored durably under ``store_dir`` and sent to the pattern
+        matchers' shards; returns their ids once every connected matcher that
+        owns some of them has them.  Raises :class:`ValueError` for bad shapes
+        or values.
+        """
+        self._check_open()
+        return await self._library.add(vectors, outcomes)
+
+    def shard_sizes(self) -> dict[str, int]:
+        """Pattern matcher (``agent_id/pattern_matcher``) -> patterns it owns."""
+        return self._library.shard_sizes()
+
+    async def report_outcome(self, prediction: PatternMatchResult | int, actual: float
+                             ) -> list[Verdict]:
+        """Close the learning loop for one pattern-match answer.
+
+        ``prediction`` is a :class:`PatternMatchResult` returned by
+        :meth:`submit`/:meth:`map` (or its task id) and ``actual`` the outcome
+        that happened.  Builds one :class:`~midswarm.reasoning.Experience` per
+        matcher credited with the answer (see :mod:`._learning`), has the
+        ReasoningBank actor judge them, and sends every
+        :class:`AdaptationCommand` of its verdicts to its agent, waiting (up
+        to ``task_timeout``) for the agent to apply it.  Returns the verdicts.
+
+        Raises :class:`KeyError` for an unknown or already reported
+        prediction (nothing changes then), :class:`ValueError` for a
+        non-finite ``actual``, and what :meth:`submit` raises for the
+        ReasoningBank task -- the prediction is then pending again.
+        """
+        self._check_open()
+        if isinstance(actual, bool) or not isinstance(actual, int | float) \
+                or not math.isfinite(actual):
+            raise ValueError(f"actual must be a finite number, got {actual!r}")
+        taken = self._predictions.take(prediction)
+        params = {agent_id: self._parameters_for(record, ["pattern_matcher"])
+                  .get("pattern_matcher", {}) for agent_id, record in self._records.items()}
+        experiences = Predictions.experiences(taken, float(actual), params)
+        try:
+            verdicts: Verdicts = await self.submit(ExperienceBatch(experiences))
+        except BaseException:
+            self._predictions.remember(taken.task_id, taken.result, taken.contributors)
+            raise
+        self._experiences += len(experiences)
+        self._verdicts += len(verdicts.verdicts)
+        for command in verdicts.adaptations:
+            self._adaptations_issued += 1
+            await self._route_adaptation(command)
+        return list(verdicts.verdicts)
+
+    async def adapt(self, command: AdaptationCommand) -> bool:
+        """Send an adaptation command to its agent's pattern matcher.
+
+        Returns ``True`` once the agent acknowledged applying it, ``False`` if
+        the agent is not connected (the changes are then kept and sent in its
+        next welcome) or did not acknowledge within ``task_timeout``.
+        """
+        self._check_open()
+        return await self._route_adaptation(command)
+
+    async def _route_adaptation(self, command: AdaptationCommand) -> bool:
+        record = self._records.get(command.agent_id)
+        if record is None:
+            self._adaptations_deferred += 1
+            log.warning("adaptation for unknown agent %r dropped", command.agent_id)
+            return False
+        params = record.parameters.setdefault("pattern_matcher", {})
+        for change in command.changes:
+            limits = PARAMETER_LIMITS.get(change.parameter)
+            if limits is None:
+                continue
+            value = min(max(float(change.suggested), limits[0]), limits[1])
+            params[change.parameter] = (int(round(value)) if change.parameter
+                                        in _WHOLE_PARAMETERS else value)
+        session = record.session
+        link = session.links.get("pattern_matcher") if session is not None else None
+        if session is None or link is None or session.draining:
+            self._adaptations_deferred += 1
+            return False
+        acked = session.expect_ack("adaptation", command.id)
+        try:
+            await session.send_control(command)
+            self._adaptations_sent += 1
+            with trio.move_on_after(self.config.task_timeout):
+                await acked.wait()
+            if not acked.is_set():
+                return False
+            self._adaptations_acked += 1
+            try:
+                current = await self._dispatcher.call(link, "parameters",
+                                                      self.config.task_timeout)
+            except ActorError:
+                return True
+            if isinstance(current, dict):
+                record.parameters["pattern_matcher"] = dict(current)
+            return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.warning("adaptation %d for %s not sent: %r", command.id, command.agent_id, exc)
+            self._adaptations_deferred += 1
+            return False
+        finally:
+            session.forget_ack("adaptation", command.id)
+
+    async def ask_agent(self, agent_id: str, agent_type: str, msg: Any,
+                        timeout: float | None = None) -> Any:
+        """Ask one agent's actor directly (no credit, no re-send), e.g.
+        ``"parameters"`` of a pattern matcher.  Raises :class:`LookupError`
+        if that agent does not host a connected ``agent_type``, else what the
+        ask raises."""
+        self._check_open()
+        link = self._dispatcher.find(agent_id, agent_type)
+        if link is None:
+            raise LookupError(f"agent {agent_id!r} has no connected {agent_type}")
+        return await self._dispatcher.call(
+            link, msg, self.config.task_timeout if timeout is None else timeout)
+
+    async def agent_parameters(self, agent_id: str) -> dict[str, Any]:
+        """The current parameters of ``agent_id``'s pattern matcher, asked from it."""
+        result = await self.ask_agent(agent_id, "pattern_matcher", "parameters")
+        return dict(result)
+
+    async def wait_idle(self) -> None:
+        """Return once no task attempt is in flight (late duplicates included)."""
+        await self._dispatcher.wait_idle()
+
+    # -- public: connections -----------------------------------------------------------
+
+    def attach(self, conn: Any, *, trusted_identity: bool = True) -> None:
+        """Serve an agent on an already-open connection (e.g. one end of
+        :func:`~midswarm.transport.memory_connection_pair`).
+
+        With ``trusted_identity`` the hello's agent id must equal
+        ``conn.peer_identity`` when that is set.  Raises :class:`CoordinatorClosed`.
+        """
+        self._check_open()
+        assert self._nursery is not None
+        trusted = trusted_identity and conn.peer_identity is not None
+        self._nursery.start_soon(serve_connection, self, conn, trusted)
+
+    async def _on_quic(self, conn: Any) -> None:
+        trusted = self._tls is not None and self._tls.require_client_cert
+        await serve_connection(self, conn, trusted)
+
+    async def drain_agent(self, agent_id: str, reason: str = "drained") -> None:
+        """Stop giving ``agent_id`` tasks, let its tasks in flight finish (up to
+        ``drain_timeout``), then disconnect it; it does not reconnect.
+        Raises :class:`LookupError` if it is not connected."""
+        record = self._records.get(agent_id)
+        session = record.session if record is not None else None
+        if session is None:
+            raise LookupError(f"agent {agent_id!r} is not connected")
+        await self._drain_sessions([session], reason)
+
+    async def _drain_sessions(self, sessions: list[AgentSession], reason: str) -> None:
+        for session in sessions:
+            session.draining = True
+            for link in session.links.values():
+                link.accepting = False
+            self._membership_changed()
+            try:
+                await session.send_control(Drain(reason))
+            except Exception as exc:  # the connection is already gone
+                log.info("could not tell %s to drain: %r", session.agent_id, exc)
+        with trio.move_on_after(self.config.drain_timeout):
+            for session in sessions:
+                for link in session.links.values():
+                    while link.in_flight:
+                        await self._dispatcher.wait_idle()
+        for session in sessions:
+            session.end(f"drained: {reason}")
+
+    # -- spawning agent processes --------------------------------------------------------
+
+    async def spawn_agent(self, agent_id: str, types: Iterable[str], certs: str | os.PathLike[str],
+                          *, server_name: str = "localhost", extra_args: Iterable[str] = ()
+                          ) -> None:
+        """Start ``python -m midswarm agent`` for ``agent_id`` hosting ``types``,
+        supervised: restarted (with backoff) when it dies, stopped with the
+        coordinator.  ``certs`` must hold ``ca.pem`` and ``<agent_id>.pem/.key``.
+        Returns once the process is started (not yet connected: see
+        :meth:`wait_for_agents`).  Raises :class:`RuntimeError` without a QUIC
+        listener, :class:`ValueError` for a bad id or types.
+        """
+        from ._spawn import spawn_agent
+
+        self._check_open()
+        await spawn_agent(self, agent_id, list(types), os.fspath(certs), server_name,
+                          list(extra_args))
+
+    # -- internals for sessions and the spawner ----------------------------------------------
+
+    def _membership_changed(self) -> None:
+        self._membership.set()
+        self._membership = trio.Event()
+
+    def _record_for(self, hello: AgentHello) -> AgentRecord:
+        record = self._records.get(hello.agent_id)
+        if record is None:
+            record = self._records[hello.agent_id] = AgentRecord(hello.agent_id,
+                                                                 list(hello.agent_types))
+        else:
+            record.types = list(hello.agent_types)
+        return record
+
+    def _parameters_for(self, record: AgentRecord, types: Iterable[str]
+                        ) -> dict[str, dict[str, Any]]:
+        out = {}
+        for agent_type in types:
+            merged = {key: value.replace("{agent_id}", record.agent_id)
+                      if isinstance(value, str) else value
+                      for key, value in self._parameters.get(agent_type, {}).items()}
+            merged.update(record.parameters.get(agent_type, {}))
+            out[agent_type] = merged
+        return out
+
+    async def _session_started(self, session: AgentSession) -> None:
+        assert self._proxies is not None and self._nursery is not None
+        for link in session.links.values():
+            spec = proxy_spec(link, session.number)
+            link.proxy = await self._proxies.start_child(spec)
+            link.proxy_child = spec.name
+        for agent_type, link in session.links.items():
+            if agent_type == "pattern_matcher":
+                continue
+            self._dispatcher.add(link)
+        matcher = session.links.get("pattern_matcher")
+        if matcher is not None:
+            self._dispatcher.add(matcher)  # for pinned calls and credit accounting
+            await self._library.join(matcher)
+            session.record.parameters.setdefault("pattern_matcher", {})
+            try:
+                current = await self._dispatcher.call(matcher, "parameters",
+                                                      self.config.task_timeout)
+                if isinstance(current, dict):
+                    session.record.parameters["pattern_matcher"] = dict(current)
+            except ActorError as exc:
+                log.info("%s did not report its parameters: %s", matcher.name, exc)
+        self._membership_changed()
+
+    async def _session_ended(self, session: AgentSession) -> None:
+        record = session.record
+        for link in session.links.values():
+            self._dispatcher.remove(link)
+            record.completed += link.completed
+            record.failed += link.failed
+            link.completed = link.failed = 0
+        self._membership_changed()
+        if self._proxies is not None:
+            for link in session.links.values():
+                if link.proxy_child is not None:
+                    try:
+                        await self._proxies.stop_child(link.proxy_child)
+                    except (KeyError, ActorError):
+                        pass
+        matcher = session.links.get("pattern_matcher")
+        if matcher is not None:
+            with trio.move_on_after(0 if self.closing else self.config.task_timeout):
+                await self._library.leave(matcher)
+
+    def _actor_restarted(self, link: RemoteActor) -> None:
+        if link.agent_type == "pattern_matcher" and self._nursery is not None:
+            self._nursery.start_soon(self._library.refill, link)
+
+    def _agent_process_exited(self, agent_id: str, pid: int) -> None:
+        record = self._records.get(agent_id)
+        session = record.session if record is not None else None
+        if session is not None and session.pid == pid:
+            session.end(f"agent process {pid} exited")
+
+    def _observe(self, event: SupervisionEvent) -> None:
+        if event.kind == "message_lost" and isinstance(event.message, Forward):
+            # A proxy was removed with this forward still in its mailbox.
+            fwd: Forward = event.message
+            if fwd.link is not None:
+                fwd.settle(fwd.link, outcome.Error(ActorStopped(
+                    event.child, "the agent's proxy was removed")))
+        elif event.kind in ("failed", "escalated"):
+            log.warning("supervision: %s %s: %s", event.kind, event.child, event.exception)
+
+    async def shutdown(self) -> None:
+        """Drain every agent and refuse new ones; tasks in flight get
+        ``drain_timeout`` seconds.  Leaving the :func:`open_coordinator` block
+        does this too; calling it earlier lets agents that run in the same
+        program (``open_swarm(spawn="task")``) return before the block ends."""
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.closing = True
+        sessions = [r.session for r in self._records.values() if r.session is not None]
+        if sessions:
+            await self._drain_sessions(sessions, "the coordinator is shutting down")
+        with trio.move_on_after(self.config.drain_timeout):
+            while any(r.session is not None for r in self._records.values()):
+                await self._membership.wait()
+
+
+async def _aiter(tasks: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(tasks, AsyncIterable):
+        async for task in tasks:
+            yield task
+    else:
+        for task in tasks:
+            yield task
+            await trio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def open_coordinator(port: int = 0, host: str = "127.0.0.1", tls: ServerTLS | None = None,
+                           store_dir: str | os.PathLike[str] | None = None,
+                           config: CoordinatorConfig | None = None, *,
+                           parameters: Mapping[str, Mapping[str, Any]] | None = None,
+                           quic_config: QuicConfig | None = None) -> AsyncIterator[Coordinator]:
+    """Run a coordinator for the duration of an ``async with`` block.
+
+    With ``tls`` (a :class:`~midswarm.transport.ServerTLS`; use
+    ``require_client_cert=True`` so each agent's id is checked against its
+    certificate) it listens for agents on UDP ``host:port`` (``port=0`` picks
+    a free one: :attr:`Coordinator.port`); without, it only serves
+    connections given to :meth:`Coordinator.attach`.  ``store_dir`` holds the
+    pattern library (a temporary directory, deleted afterwards, when
+    ``None``); patterns already stored there are loaded and served again.
+    ``parameters`` maps agent type to the initial parameters sent to its
+    actors (in a string value, ``{agent_id}`` is replaced by the agent's
+    id).  See the module docstring for what leaving the block does.
+
+    Raises :class:`OSError` if the port cannot be bound,
+    :class:`~midswarm.swarm.ConfigError` for bad ``parameters``.
+    """
+    cfg = config if config is not None else CoordinatorConfig()
+    async with AsyncExitStack() as stack:
+        if store_dir is None:
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="midswarm-"))
+        else:
+            directory = os.fspath(store_dir)
+            os.makedirs(directory, exist_ok=True)
+        coord = Coordinator(cfg, parameters or {}, directory, tls)
+        loaded = await trio.to_thread.run_sync(coord._library.open_existing)
+        if loaded:
+            log.info("loaded %d stored patterns from %s", loaded, directory)
+        try:
+            async with open_supervisor(name="coordinator", max_restarts=10, within=10.0,
+                                       observer=coord._observe) as sup:
+                coord._proxies = await sup.start_child(SupervisorSpec(
+                    name="proxies", max_restarts=1000, within=10.0, backoff=None))
+                coord._processes = await sup.start_child(SupervisorSpec(
+                    name="agent-processes", max_restarts=20, within=60.0,
+                    backoff=Backoff(initial=0.2, maximum=5.0), restart="temporary"))
+                async with open_service_nursery() as process_nursery:
+                    coord._process_nursery = process_nursery
+                    async with open_service_nursery() as nursery:
+                        coord._nursery = nursery
+                        if tls is not None:
+                            coord._listener = await nursery.start(functools.partial(
+                                serve_quic, coord._on_quic, port, host, tls, quic_config))
+                        try:
+                            yield coord
+                        except BaseException:
+                            coord.closing = True
+                            nursery.cancel_scope.cancel()
+                            raise
+                        await coord._shutdown()
+                        nursery.cancel_scope.cancel()
+                    from ._spawn import stop_all
+
+                    await stop_all(coord)
+                    process_nursery.cancel_scope.cancel()
+        finally:
+            coord.closing = True
+            coord.closed = True
+            coord._nursery = None
+            coord._library.close()

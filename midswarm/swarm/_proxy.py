@@ -1,0 +1,181 @@
+"""The coordinator's side of one remote actor: its link and its proxy actor.
+
+Theory of operation
+-------------------
+When an agent binds an actor stream, the coordinator wraps the stream in a
+:func:`~midswarm.actors.remote_ref` and records a :class:`RemoteActor` (the
+*link*): who hosts it, its type, its credit and what is in flight on it.
+Every message for that actor then goes through its **proxy**, a
+:class:`RemoteActorProxy` that the coordinator's supervisor owns (one child
+per remote actor, in the ``proxies`` supervisor).
+
+The proxy's mailbox is that remote actor's queue on this side: a
+:class:`Forward` put there is handed to a forwarding task in the agent
+session's nursery, which ``ask``\\ s the remote actor and settles the forward
+with the outcome.  The proxy itself never waits for a reply, so up to
+``credit`` tasks are pipelined on the stream (the agent's actor handles them
+one at a time; pipelining hides the round trip).
+
+Whatever happens, every forward is settled exactly once (:meth:`Forward.settle`):
+with the reply, with the actor's boxed failure, or -- when the stream breaks,
+the session ends, or the proxy is removed with the forward still queued in
+its mailbox -- with :class:`~midswarm.actors.ActorUnreachable` /
+:class:`~midswarm.actors.ActorStopped`, which delivery treats as "re-send
+elsewhere".  Settling releases the credit the forward held.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import outcome
+import trio
+
+from ..actors import Actor, ActorError, ActorRef, ActorUnreachable
+
+__all__ = ["Forward", "RemoteActor", "RemoteActorProxy"]
+
+log = logging.getLogger("midswarm.swarm")
+
+Settled = Callable[["RemoteActor", outcome.Outcome[Any]], None]
+
+
+class RemoteActor:
+    """The coordinator's record of one actor hosted by a connected agent."""
+
+    def __init__(self, agent_id: str, agent_type: str, name: str, ref: ActorRef, credit: int,
+                 nursery: trio.Nursery, on_credit: Callable[[str], None]) -> None:
+        self.agent_id = agent_id
+        self.agent_type = agent_type
+        #: ``agent_id/agent_type``: the actor's name in the Welcome and in errors.
+        self.name = name
+        self.ref = ref
+        self.credit = credit
+        self.nursery = nursery
+        self._on_credit = on_credit
+        #: The proxy's ref; set once the proxy child started.
+        self.proxy: ActorRef | None = None
+        self.proxy_child: str | None = None
+        #: False once the session ended: no new forwards.
+        self.live = True
+        #: False while draining or dead: not chosen for new tasks.
+        self.accepting = True
+        #: Forwards holding a credit that are not settled yet.
+        self.in_flight = 0
+        #: Every forward that was settled, and how.
+        self.dispatched = 0
+        self.completed = 0
+        self.failed = 0
+        self.lost = 0
+
+    @property
+    def free(self) -> bool:
+        return self.accepting and self.in_flight < self.credit
+
+    def reserve(self) -> None:
+        self.in_flight += 1
+        self.dispatched += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._on_credit(self.agent_type)
+
+    async def forward(self, fwd: Forward) -> None:
+        """Ask the remote actor and settle ``fwd`` (runs in the session's nursery)."""
+        result: outcome.Outcome[Any]
+        try:
+            value = await self.ref.ask(fwd.msg, timeout=fwd.timeout)
+        except ActorError as exc:
+            result = outcome.Error(exc)
+        except BaseException:
+            fwd.settle(self, outcome.Error(ActorUnreachable(
+                self.name, "the agent's session ended while the task was in flight")))
+            raise
+        else:
+            result = outcome.Value(value)
+        fwd.settle(self, result)
+
+    async def send(self, fwd: Forward) -> None:
+        """Hand ``fwd`` to the proxy.  Never raises: a proxy that is gone settles
+        the forward with :class:`ActorStopped`/:class:`ActorUnreachable`."""
+        fwd.link = self
+        proxy = self.proxy
+        if proxy is None or not self.live:
+            await trio.lowlevel.checkpoint()
+            fwd.settle(self, outcome.Error(ActorUnreachable(
+                self.name, "the agent has disconnected")))
+            return
+        try:
+            await proxy.tell(fwd)
+        except ActorError as exc:
+            fwd.settle(self, outcome.Error(exc))
+
+    def __repr__(self) -> str:
+        return (f"<RemoteActor {self.name} in_flight={self.in_flight}/{self.credit} "
+                f"{'live' if self.live else 'gone'}>")
+
+
+class Forward:
+    """One message on its way to a remote actor, settled exactly once.
+
+    ``reserved`` says whether it holds a credit of the link (released when it
+    is settled); control messages (library shards, parameter queries) do not.
+    """
+
+    __slots__ = ("msg", "timeout", "reserved", "_on_settled", "done", "link")
+
+    def __init__(self, msg: Any, timeout: float | None, on_settled: Settled,
+                 reserved: bool = True) -> None:
+        self.msg = msg
+        self.timeout = timeout
+        self.reserved = reserved
+        self._on_settled = on_settled
+        self.done = False
+        #: The link it was sent to (set by :meth:`RemoteActor.send`).
+        self.link: RemoteActor | None = None
+
+    def settle(self, link: RemoteActor, result: outcome.Outcome[Any]) -> None:
+        """Record the outcome (later calls are ignored).  Synchronous, never raises."""
+        if self.done:
+            return
+        self.done = True
+        if self.reserved:
+            link.release()
+        if isinstance(result, outcome.Value):
+            link.completed += 1
+        else:
+            link.failed += 1
+        try:
+            self._on_settled(link, result)
+        except Exception:  # a broken callback must not break the session
+            log.exception("settling a forward to %s failed", link.name)
+
+
+class RemoteActorProxy(Actor):
+    """The coordinator-side actor standing for one remote actor.
+
+    Handles :class:`Forward` items: starts a forwarding task in the agent
+    session's nursery and returns at once.  Owned by the coordinator's
+    ``proxies`` supervisor; removed (and its queued forwards settled) when
+    the session ends.
+    """
+
+    def __init__(self, link: RemoteActor) -> None:
+        self.link = link
+
+    async def handle(self, msg: Any) -> Any:
+        if not isinstance(msg, Forward):
+            raise TypeError(f"a proxy forwards Forward items, got {type(msg).__name__}")
+        link = self.link
+        if not link.live:
+            msg.settle(link, outcome.Error(ActorUnreachable(link.name,
+                                                            "the agent has disconnected")))
+            return None
+        try:
+            link.nursery.start_soon(link.forward, msg)
+        except RuntimeError:  # the session's nursery is closing
+            msg.settle(link, outcome.Error(ActorUnreachable(
+                link.name, "the agent's session is closing")))
+        return None

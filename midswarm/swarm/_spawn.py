@@ -1,0 +1,183 @@
+"""Agent processes the coordinator starts and restarts itself.
+
+Each spawned agent is an :class:`AgentProcess` actor, a child of the
+coordinator's ``agent-processes`` supervisor (restart type ``transient``).
+Starting an instance starts ``python -m midswarm agent ...`` and a watcher
+task (in the coordinator's process nursery) that waits for the process to
+exit.  When it does, the watcher ends that agent's session at once (so its
+tasks fail over without waiting for a heartbeat timeout) and tells the
+actor, which then fails -- so the supervisor restarts it, with backoff,
+starting a new process -- unless the exit was a clean one (code 0, after a
+drain), which stops it for good.  Stopping the actor terminates its process.
+
+The agent's stdin is a pipe from this process and the agent is started with
+``--exit-on-stdin-eof``: if the coordinator's process dies without cleaning
+up, the pipe closes and the agents exit instead of reconnecting forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..actors import Actor, ActorError, ActorRef, ChildSpec
+
+if TYPE_CHECKING:
+    from ._coordinator import Coordinator
+
+__all__ = ["AgentProcess", "SpawnedAgent", "spawn_agent", "stop_all"]
+
+log = logging.getLogger("midswarm.swarm")
+
+_TERMINATE_GRACE = 3.0
+
+
+class AgentProcessExited(Exception):
+    """A spawned agent process exited with a non-zero code."""
+
+
+class _Exited:
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, pid: int, returncode: int) -> None:
+        self.pid = pid
+        self.returncode = returncode
+
+
+class SpawnedAgent:
+    """The coordinator's record of one agent it spawned."""
+
+    def __init__(self, agent_id: str, argv: list[str]) -> None:
+        self.agent_id = agent_id
+        self.argv = argv
+        self.pid: int | None = None
+        self.starts = 0
+        self.last_returncode: int | None = None
+        self.ref: ActorRef | None = None
+        self.ref_ready = trio.Event()
+
+    @property
+    def restarts(self) -> int:
+        return max(0, self.starts - 1)
+
+
+class AgentProcess(Actor):
+    """Owns one agent process; see the module docstring."""
+
+    def __init__(self, coord: Coordinator, spawned: SpawnedAgent) -> None:
+        self.coord = coord
+        self.spawned = spawned
+        self.process: trio.Process | None = None
+
+    async def on_start(self) -> None:
+        nursery = self.coord._process_nursery
+        assert nursery is not None
+        self.process = await nursery.start(_watch, self.coord, self.spawned)
+
+    async def handle(self, msg: Any) -> Any:
+        if not isinstance(msg, _Exited) or self.process is None \
+                or msg.pid != self.process.pid:
+            return None  # about an earlier process, or not for us
+        if msg.returncode == 0:
+            log.info("agent %s (pid %d) exited cleanly", self.spawned.agent_id, msg.pid)
+            self.stop()
+            return None
+        raise AgentProcessExited(f"agent {self.spawned.agent_id} (pid {msg.pid}) exited with "
+                                 f"code {msg.returncode}")
+
+    async def on_stop(self) -> None:
+        if self.process is not None:
+            await _terminate(self.process)
+
+
+async def _terminate(process: trio.Process) -> None:
+    if process.returncode is not None:
+        return
+    process.terminate()
+    with trio.move_on_after(_TERMINATE_GRACE):
+        await process.wait()
+    if process.returncode is None:
+        process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+
+
+async def _watch(coord: Coordinator, spawned: SpawnedAgent,
+                 task_status: trio.TaskStatus[trio.Process]) -> None:
+    process = await trio.lowlevel.open_process(spawned.argv, stdin=subprocess.PIPE)
+    spawned.pid = process.pid
+    spawned.starts += 1
+    task_status.started(process)
+    try:
+        returncode = await process.wait()
+        spawned.last_returncode = returncode
+        log.log(logging.INFO if returncode == 0 else logging.WARNING,
+                "agent process %s (pid %d) exited with code %d", spawned.agent_id,
+                process.pid, returncode)
+        coord._agent_process_exited(spawned.agent_id, process.pid)
+        await spawned.ref_ready.wait()
+        assert spawned.ref is not None
+        try:
+            await spawned.ref.tell(_Exited(process.pid, returncode))
+        except ActorError:
+            pass  # the actor was stopped meanwhile
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+        if process.stdin is not None:
+            with trio.CancelScope(shield=True):
+                await process.stdin.aclose()
+
+
+async def spawn_agent(coord: Coordinator, agent_id: str, types: list[str], certs: str,
+                      server_name: str, extra_args: list[str]) -> None:
+    """See :meth:`Coordinator.spawn_agent`."""
+    from ._agent_host import _check_types
+    from ._agents import AGENT_FACTORIES
+
+    if coord.port is None:
+        raise RuntimeError("spawn_agent() needs a coordinator listening on QUIC (tls=...)")
+    if not agent_id or "/" in agent_id or agent_id.startswith("-"):
+        raise ValueError(f"invalid agent id {agent_id!r}")
+    _check_types(types, AGENT_FACTORIES)
+    for name in ("ca.pem", f"{agent_id}.pem", f"{agent_id}.key"):
+        if not os.path.isfile(os.path.join(certs, name)):
+            raise FileNotFoundError(f"spawn_agent: {os.path.join(certs, name)} is missing "
+                                    f"(make it with `midswarm certs {certs} --agents {agent_id}`)")
+    host = coord.host or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    argv = [sys.executable, "-m", "midswarm", "agent", "--coordinator", f"{host}:{coord.port}",
+            "--id", agent_id, "--types", ",".join(types), "--certs", certs,
+            "--server-name", server_name, "--exit-on-stdin-eof", *extra_args]
+    spawned = SpawnedAgent(agent_id, argv)
+    from ._coordinator import AgentRecord
+
+    record = coord._records.get(agent_id)
+    if record is None:
+        record = coord._records[agent_id] = AgentRecord(agent_id, list(types))
+    record.process = spawned
+    assert coord._processes is not None
+    spawned.ref = await coord._processes.start_child(ChildSpec(
+        lambda: AgentProcess(coord, spawned), name=f"process:{agent_id}", restart="transient",
+        shutdown=_TERMINATE_GRACE + 1.0, mailbox_size=8))
+    spawned.ref_ready.set()
+
+
+async def stop_all(coord: Coordinator) -> None:
+    """Stop every spawned agent process (terminating those still running)."""
+    sup = coord._processes
+    if sup is None or not sup.running:
+        return
+    for status in reversed(sup.children()):
+        try:
+            await sup.stop_child(status.name)
+        except (KeyError, ActorError):
+            pass
