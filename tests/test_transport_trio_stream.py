@@ -1,0 +1,132 @@
+"""QuicStream against Trio's own conformance checks for ``HalfCloseableStream``
+(``trio.testing.check_half_closeable_stream``), plus stream-limit behaviour."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from midswarm.transport import (
+    ClientTLS,
+    ConnectionClosed,
+    QuicConfig,
+    QuicConnection,
+    QuicListener,
+    QuicStream,
+    ServerTLS,
+    connect_quic,
+    serve_quic,
+)
+
+WINDOW = 64 * 1024
+CONFIG = QuicConfig(stream_receive_window=WINDOW, stream_send_watermark=WINDOW)
+
+
+@asynccontextmanager
+async def connected_pair(certs: Path, config: QuicConfig
+                         ) -> AsyncIterator[tuple[QuicConnection, trio.MemoryReceiveChannel[
+                             QuicStream]]]:
+    """A client connection, and a channel of the streams its server accepts."""
+    send_accepted, accepted = trio.open_memory_channel[QuicStream](100)
+
+    async def handler(conn: QuicConnection) -> None:
+        while True:
+            try:
+                stream = await conn.accept_stream()
+            except ConnectionClosed:
+                return
+            await send_accepted.send(stream)
+
+    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
+    async with trio.open_nursery() as nursery:
+        listener: QuicListener = await nursery.start(
+            functools.partial(serve_quic, handler, 0, tls=tls, config=config))
+        async with connect_quic("127.0.0.1", listener.port, tls=ClientTLS(certs / "ca.pem"),
+                                config=config) as conn:
+            yield conn, accepted
+        listener.close()
+
+
+async def test_quic_stream_passes_trio_stream_conformance(certs: Path) -> None:
+    with trio.fail_after(30):
+        async with connected_pair(certs, CONFIG) as (conn, accepted):
+
+            async def stream_maker() -> tuple[QuicStream, QuicStream]:
+                client_side = await conn.open_stream()
+                # The server sees a stream once bytes arrive: send one marker byte
+                # and consume it on the other side.
+                await client_side.send_all(b"!")
+                server_side = await accepted.receive()
+                assert await server_side.receive_some(1) == b"!"
+                return client_side, server_side
+
+            async def clogged_stream_maker() -> tuple[QuicStream, QuicStream]:
+                a, b = await stream_maker()
+                # A window of data the reader has not consumed, plus a watermark
+                # of unacknowledged data queued behind it: send_all (and
+                # wait_send_all_might_not_block) now block until the peer reads.
+                fill = b"\0" * (WINDOW + WINDOW)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(a.send_all, fill)
+                    nursery.start_soon(b.send_all, fill)
+                return a, b
+
+            await trio.testing.check_half_closeable_stream(stream_maker, clogged_stream_maker)
+
+
+async def test_streams_beyond_the_peer_limit_wait_then_flow(certs: Path) -> None:
+    """With the server allowing 8 concurrent streams, 40 concurrent streams and then
+    300 sequential ones all complete: the limit bounds open streams, not lifetime."""
+    config = QuicConfig(max_concurrent_streams=8)
+
+    async def echo_handler(conn: QuicConnection) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await conn.accept_stream()
+                except ConnectionClosed:
+                    return
+                nursery.start_soon(echo, stream)
+
+    async def echo(stream: QuicStream) -> None:
+        try:
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+            await stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def roundtrip(conn: QuicConnection, data: bytes) -> bytes:
+        stream = await conn.open_stream()
+        await stream.send_all(data)
+        await stream.send_eof()
+        chunks = []
+        while chunk := await stream.receive_some():
+            chunks.append(chunk)
+        await stream.aclose()
+        return b"".join(chunks)
+
+    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
+    results: dict[int, bytes] = {}
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            listener: QuicListener = await nursery.start(
+                functools.partial(serve_quic, echo_handler, 0, tls=tls, config=config))
+            async with connect_quic("127.0.0.1", listener.port,
+                                    tls=ClientTLS(certs / "ca.pem")) as conn:
+
+                async def one(i: int) -> None:
+                    results[i] = await roundtrip(conn, f"stream {i}".encode())
+
+                async with trio.open_nursery() as streams:
+                    for i in range(40):
+                        streams.start_soon(one, i)
+                for i in range(40, 340):
+                    await one(i)
+            listener.close()
+    assert results == {i: f"stream {i}".encode() for i in range(340)}
