@@ -1,0 +1,248 @@
+"""Connecting and serving: unreachable and silent servers, many clients, IPv6,
+early writes without a ticket, address changes (NAT rebinding), argument checks."""
+
+from __future__ import annotations
+
+import functools
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from midswarm.transport import (
+    ClientTLS,
+    ConnectionClosed,
+    QuicConfig,
+    QuicConnection,
+    QuicListener,
+    QuicStream,
+    ServerTLS,
+    connect_quic,
+    serve_quic,
+)
+
+
+async def echo_handler(conn: QuicConnection) -> None:
+    async with trio.open_nursery() as nursery:
+        while True:
+            try:
+                stream = await conn.accept_stream()
+            except ConnectionClosed:
+                return
+            nursery.start_soon(echo_stream, stream)
+
+
+async def echo_stream(stream: QuicStream) -> None:
+    try:
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+        await stream.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def echo(conn: QuicConnection, data: bytes) -> bytes:
+    stream = await conn.open_stream()
+    chunks: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        async def send() -> None:
+            await stream.send_all(data)
+            await stream.send_eof()
+        nursery.start_soon(send)
+        while chunk := await stream.receive_some():
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def server_tls(certs: Path) -> ServerTLS:
+    return ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_connect_to_closed_port_raises_connection_closed(certs: Path) -> None:
+    port = free_udp_port()
+    config = QuicConfig(handshake_timeout=5)
+    with trio.fail_after(10), pytest.raises(ConnectionClosed):
+        async with connect_quic("127.0.0.1", port, tls=ClientTLS(certs / "ca.pem"),
+                                config=config):
+            pass
+
+
+async def test_silent_server_raises_connection_closed_after_handshake_timeout(
+        certs: Path) -> None:
+    config = QuicConfig(handshake_timeout=0.3)
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as silent:
+        await silent.bind(("127.0.0.1", 0))  # bound, never answers
+        port = silent.getsockname()[1]
+        with trio.fail_after(10), pytest.raises(ConnectionClosed, match="handshake"):
+            async with connect_quic("127.0.0.1", port, tls=ClientTLS(certs / "ca.pem"),
+                                    config=config):
+                pass
+
+
+async def test_many_clients_at_once(certs: Path) -> None:
+    n_clients, n_streams = 30, 5
+    results: dict[tuple[int, int], bytes] = {}
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            listener: QuicListener = await nursery.start(
+                functools.partial(serve_quic, echo_handler, 0, tls=server_tls(certs)))
+
+            async def client(c: int) -> None:
+                async with connect_quic("127.0.0.1", listener.port,
+                                        tls=ClientTLS(certs / "ca.pem")) as conn:
+                    async with trio.open_nursery() as streams:
+                        for s in range(n_streams):
+                            async def one(s: int = s) -> None:
+                                results[c, s] = await echo(conn, f"{c}:{s}".encode() * 500)
+                            streams.start_soon(one)
+
+            async with trio.open_nursery() as clients:
+                for c in range(n_clients):
+                    clients.start_soon(client, c)
+            listener.close()
+    assert results == {(c, s): f"{c}:{s}".encode() * 500
+                       for c in range(n_clients) for s in range(n_streams)}
+
+
+async def test_ipv6_loopback(certs: Path) -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listener: QuicListener = await nursery.start(
+                functools.partial(serve_quic, echo_handler, 0, "::1", server_tls(certs)))
+            async with connect_quic("::1", listener.port, tls=ClientTLS(certs / "ca.pem")) as conn:
+                assert await echo(conn, b"six") == b"six"
+            listener.close()
+
+
+@pytest.mark.parametrize("congestion_control", ["reno", "cubic"])
+async def test_congestion_controllers(certs: Path, congestion_control: str) -> None:
+    config = QuicConfig(congestion_control=congestion_control)
+    data = bytes(range(256)) * 8192  # 2 MiB
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listener: QuicListener = await nursery.start(functools.partial(
+                serve_quic, echo_handler, 0, tls=server_tls(certs), config=config))
+            async with connect_quic("127.0.0.1", listener.port, tls=ClientTLS(certs / "ca.pem"),
+                                    config=config) as conn:
+                assert await echo(conn, data) == data
+            listener.close()
+
+
+async def test_writes_before_handshake_without_ticket_arrive(certs: Path) -> None:
+    """wait_connected=False with no ticket: nothing rides in 0-RTT, but data written
+    before the handshake completes is sent once it does."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listener: QuicListener = await nursery.start(
+                functools.partial(serve_quic, echo_handler, 0, tls=server_tls(certs)))
+            async with connect_quic("127.0.0.1", listener.port, tls=ClientTLS(certs / "ca.pem"),
+                                    wait_connected=False) as conn:
+                assert not conn.handshake_complete
+                assert await echo(conn, b"eager") == b"eager"
+                assert conn.handshake_complete
+                assert not conn.session_resumed and not conn.early_data_accepted
+            listener.close()
+
+
+class RebindingRelay:
+    """Forwards one client's datagrams to the server; after ``switch_after``
+    client datagrams it sends from a fresh socket, as a NAT that rebinds would,
+    and drops whatever the server still sends to the old address."""
+
+    def __init__(self, server: tuple[str, int], switch_after: int) -> None:
+        self.server = server
+        self.switch_after = switch_after
+        self.client: Any = None
+        self.count = 0
+        self.switched = trio.Event()
+        self.stale = 0  # server datagrams sent to the old address after the switch
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        front = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        backs = [trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+                 for _ in range(2)]
+        with front, backs[0], backs[1]:
+            await front.bind(("127.0.0.1", 0))
+            for back in backs:
+                await back.bind(("127.0.0.1", 0))
+            task_status.started(front.getsockname()[1])
+
+            async def from_server(back: trio.socket.SocketType) -> None:
+                while True:
+                    data, _ = await back.recvfrom(65536)
+                    if back is not backs[self.switched.is_set()]:
+                        self.stale += 1  # the old binding is gone: drop
+                    elif self.client is not None:
+                        await front.sendto(data, self.client)
+
+            async with trio.open_nursery() as nursery:
+                for back in backs:
+                    nursery.start_soon(from_server, back)
+                while True:
+                    data, self.client = await front.recvfrom(65536)
+                    self.count += 1
+                    back = backs[self.count > self.switch_after]
+                    if self.count > self.switch_after:
+                        self.switched.set()
+                    await back.sendto(data, self.server)
+
+
+async def test_connection_survives_client_address_change(certs: Path) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listener: QuicListener = await nursery.start(
+                functools.partial(serve_quic, echo_handler, 0, tls=server_tls(certs)))
+            relay = RebindingRelay(("127.0.0.1", listener.port), switch_after=20)
+            port: int = await nursery.start(relay.run)
+            async with connect_quic("127.0.0.1", port, tls=ClientTLS(certs / "ca.pem")) as conn:
+                for i in range(40):
+                    assert await echo(conn, b"before/after %d" % i) == b"before/after %d" % i
+                assert relay.switched.is_set()
+            nursery.cancel_scope.cancel()
+
+
+# --- argument checks ---------------------------------------------------------------------
+
+
+async def test_serve_quic_needs_tls() -> None:
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(TypeError, match="tls"):
+            await nursery.start(serve_quic, echo_handler, 0)
+
+
+async def test_serve_quic_on_a_busy_port_raises_oserror(certs: Path) -> None:
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as taken:
+        await taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(OSError):
+                await nursery.start(functools.partial(
+                    serve_quic, echo_handler, port, tls=server_tls(certs)))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"max_datagram_size": 1199},
+    {"max_datagram_size": 70_000},
+    {"stream_receive_window": 0},
+    {"stream_send_watermark": -1},
+    {"connection_receive_window": 0},
+    {"max_concurrent_streams": 0},
+    {"idle_timeout": 0},
+    {"handshake_timeout": -1},
+    {"keep_alive_interval": 0},
+    {"congestion_control": "bbr"},
+    {"initial_rtt": 0},
+])
+def test_quic_config_rejects_bad_values(kwargs: dict[str, Any]) -> None:
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        QuicConfig(**kwargs)
