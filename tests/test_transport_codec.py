@@ -338,7 +338,7 @@ messages_lists = st.lists(st.binary(max_size=3000), max_size=20)
 async def test_framing_round_trip_whatever_the_chunking(msgs: list[bytes],
                                                         cuts: list[int]) -> None:
     """Messages survive any split of the byte stream into pieces."""
-    raw_send, raw_recv = trio.testing.memory_stream_one_way_pair()
+    raw_send, raw_recv = trio.testing.memory_stream_pair()
     wire = b"".join(struct.pack(">I", len(m)) + m for m in msgs)
     receiver = MessageStream(raw_recv)
     got: list[bytes] = []
@@ -350,7 +350,7 @@ async def test_framing_round_trip_whatever_the_chunking(msgs: list[bytes],
             await raw_send.send_all(wire[pos:pos + n])
             pos += n
             i += 1
-        await raw_send.aclose()
+        await raw_send.send_eof()
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -432,9 +432,9 @@ async def test_sending_an_oversized_message_raises_and_sends_nothing() -> None:
 @pytest.mark.parametrize("size", [0, -1, 2**32])
 def test_message_stream_checks_max_size(size: int) -> None:
     with pytest.raises(ValueError, match="max_message_size"):
-        MessageStream(trio.testing.MemoryReceiveStream(), max_message_size=size)
+        MessageStream(trio.testing.memory_stream_pair()[0], max_message_size=size)
 
 
 def test_default_max_message_size_is_16_mib() -> None:
-    ms = MessageStream(trio.testing.MemoryReceiveStream())
+    ms = MessageStream(trio.testing.memory_stream_pair()[0])
     assert ms.max_message_size == 16 * 1024 * 1024
