@@ -78,13 +78,15 @@ class _Reply:
     onto a stream without a task per ask).
     """
 
-    __slots__ = ("_outcome", "_task", "_callback")
+    __slots__ = ("_outcome", "_task", "_callback", "tag")
 
-    def __init__(self, callback: Callable[[_Reply, outcome.Outcome[Any]], None] | None = None
-                 ) -> None:
+    def __init__(self, callback: Callable[[_Reply, outcome.Outcome[Any]], None] | None = None,
+                 tag: Any = None) -> None:
         self._outcome: outcome.Outcome[Any] | None = None
         self._task: trio.lowlevel.Task | None = None
         self._callback = callback
+        #: Whatever the creator wants the callback to see (an ask id).
+        self.tag = tag
 
     @property
     def resolved(self) -> bool:
@@ -189,6 +191,19 @@ class LocalActorRef(ActorRef):
     async def put(self, item: Any) -> None:
         """Enqueue a prepared mailbox item (used by the stream binding)."""
         await self.tell(item)
+
+    def put_nowait(self, item: Any) -> bool:
+        """Enqueue ``item`` if there is room at once; return whether it was.
+
+        Raises :class:`ActorStopped` if the mailbox is closed for good.
+        """
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ActorStopped(self.name, self.closed_reason) from None
+        return True
 
     async def ask(self, msg: Any, timeout: float | None = None) -> Any:
         check_timeout(timeout)

@@ -66,6 +66,9 @@ from ._util import open_service_nursery
 __all__ = ["ActorRequest", "ActorReply", "BoxedError", "serve_actor", "remote_ref"]
 
 _KINDS = ("tell", "ask")
+#: Frames up to this size may be written by the calling task itself (shielded,
+#: so they must be quick to write); larger ones always go through the writer.
+_DIRECT_SEND_LIMIT = 64 * 1024
 _ENCODINGS = ("message", "data", "")
 
 
@@ -202,27 +205,38 @@ class _StreamServer:
             self.error = exc
         scope.cancel()
 
-    def _on_reply(self, ask_id: int) -> Callable[[_Reply, outcome.Outcome[Any]], None]:
-        def forward(_reply: _Reply, result: outcome.Outcome[Any]) -> None:
-            # Runs inside the actor's loop: must never raise.
-            try:
-                self.done_send.send_nowait((ask_id, result))
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the stream is gone; nobody is left to tell
-        return forward
+    def _forward_reply(self, reply: _Reply, result: outcome.Outcome[Any]) -> None:
+        # Runs inside the actor's loop when it answers: must never raise.
+        try:
+            self.done_send.send_nowait((reply.tag, result))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the stream is gone; nobody is left to tell
 
     async def _read_requests(self, scope: trio.CancelScope) -> None:
+        receive = self.stream.receive_message
+        ref = self.ref
         try:
-            async for raw in self.stream:
+            while True:
+                try:
+                    raw = await receive()
+                except trio.EndOfChannel:
+                    break
                 req = decode(raw, ActorRequest)
                 if (req.kind == "tell") != (req.id == 0) or req.id < 0:
                     raise ProtocolError(f"actor.request: a {req.kind} cannot have id {req.id}")
                 msg = decode_payload(req.encoding, req.payload)
                 if req.kind == "tell":
-                    await self.ref.tell(msg)
+                    item = msg
                 else:
-                    await self.slots.acquire()
-                    await self.ref.put(_Ask(msg, _Reply(self._on_reply(req.id))))
+                    # The non-blocking forms first: each checkpoint we skip is
+                    # a scheduling round off the reply's critical path.
+                    try:
+                        self.slots.acquire_nowait()
+                    except trio.WouldBlock:
+                        await self.slots.acquire()
+                    item = _Ask(msg, _Reply(self._forward_reply, req.id))
+                if not ref.put_nowait(item):
+                    await ref.put(item)
         except ActorStopped as exc:
             self.gone = exc
         except ProtocolError as exc:
@@ -275,7 +289,11 @@ class RemoteActorRef(ActorRef):
     def __init__(self, stream: MessageStream, name: str) -> None:
         self.name = name
         self._stream = stream
+        # Frames queued for the writer: only when a caller could not write
+        # itself (another write in progress, or a large frame).
         self._requests_send, self._requests_recv = trio.open_memory_channel[bytes](16)
+        self._queued = 0
+        self._send_lock = trio.StrictFIFOLock()
         self._pending: dict[int, _Reply] = {}
         self._next_id = 1
         self._broken: Callable[[], ActorError] | None = None
@@ -299,10 +317,35 @@ class RemoteActorRef(ActorRef):
         if self._broken is not None:
             await trio.lowlevel.checkpoint()
             raise self._refuse()
+        if (self._queued == 0 and len(data) <= _DIRECT_SEND_LIMIT
+                and not self._send_lock.locked()):
+            # Fast path, one scheduling round shorter: nothing is queued ahead
+            # of us, so we may write ourselves.  Wait for room while still
+            # cancellable (nothing has been written yet), then write the frame
+            # shielded, so a cancelled caller never leaves half a frame behind.
+            self._send_lock.acquire_nowait()
+            try:
+                await self._stream.stream.wait_send_all_might_not_block()
+                with trio.CancelScope(shield=True):
+                    await self._stream.send_message(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._stream_broke(exc)
+                raise self._refuse() from None
+            finally:
+                self._send_lock.release()
+            return
+        self._queued += 1
         try:
             await self._requests_send.send(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._refuse() from None
+        except BaseException:
+            self._queued -= 1
+            raise
+
+    def _stream_broke(self, exc: BaseException) -> None:
+        reason = f"the stream broke while sending: {exc!r}"
+        self._break(lambda: ActorUnreachable(self.name, reason))
 
     def _request(self, ask_id: int, kind: str, msg: Any) -> bytes:
         encoding, payload = encode_payload(msg)
@@ -336,15 +379,17 @@ class RemoteActorRef(ActorRef):
     async def _write_requests(self) -> None:
         try:
             async for data in self._requests_recv:
-                await self._stream.send_message(data)
+                async with self._send_lock:
+                    await self._stream.send_message(data)
+                self._queued -= 1
             # The block exited normally and everything queued is sent.
-            try:
-                await self._stream.send_eof()
-            except TypeError:
-                pass  # the stream cannot half-close; closing it will do
+            async with self._send_lock:
+                try:
+                    await self._stream.send_eof()
+                except TypeError:
+                    pass  # the stream cannot half-close; closing it will do
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = f"the stream broke while sending: {exc!r}"
-            self._break(lambda: ActorUnreachable(self.name, reason))
+            self._stream_broke(exc)
         self._reader_scope.cancel()
 
     async def _read_replies(self) -> None:
