@@ -78,7 +78,8 @@ _WHOLE_PARAMETERS = ("window", "k")
 class AgentInfo:
     """What :attr:`Coordinator.agents` says about one agent.
 
-    ``state`` is ``"connected"``, ``"draining"`` or ``"disconnected"``.
+    ``state`` is ``"connecting"`` (welcomed, its actors not yet taking
+    tasks), ``"connected"``, ``"draining"`` or ``"disconnected"``.
     ``in_flight`` maps each hosted type to the tasks sent to it and not yet
     answered; ``completed``/``failed`` count answers and failures (delivery
     failures included) over all its sessions.  ``restarts`` counts how often
@@ -196,7 +197,8 @@ class Coordinator:
                     completed += link.completed
                     failed += link.failed
             state = ("disconnected" if session is None else
-                     "draining" if session.draining else "connected")
+                     "draining" if session.draining else
+                     "connected" if session.ready else "connecting")
             process = record.process
             out[agent_id] = AgentInfo(
                 agent_id=agent_id, types=tuple(record.types), state=state, in_flight=in_flight,
@@ -226,7 +228,8 @@ class Coordinator:
     def connected(self, agent_type: str | None = None) -> list[str]:
         """Ids of the connected agents (hosting ``agent_type``, if given)."""
         return [agent_id for agent_id, record in self._records.items()
-                if record.session is not None and not record.session.draining
+                if record.session is not None and record.session.ready
+                and not record.session.draining
                 and (agent_type is None or agent_type in record.session.links)]
 
     async def wait_for_agents(self, expected: Mapping[str, int] | Iterable[str],
@@ -514,6 +517,11 @@ class Coordinator:
         result = await self.ask_agent(agent_id, "pattern_matcher", "parameters")
         return dict(result)
 
+    async def wait_for_change(self) -> None:
+        """Return at the next change of who is connected, of an agent's
+        reported actor restarts, or of the library's shards."""
+        await self._membership.wait()
+
     async def wait_idle(self) -> None:
         """Return once no task attempt is in flight (late duplicates included)."""
         await self._dispatcher.wait_idle()
@@ -630,6 +638,7 @@ class Coordinator:
                     session.record.parameters["pattern_matcher"] = dict(current)
             except ActorError as exc:
                 log.info("%s did not report its parameters: %s", matcher.name, exc)
+        session.ready = True
         self._membership_changed()
 
     async def _session_ended(self, session: AgentSession) -> None:
@@ -653,8 +662,13 @@ class Coordinator:
                 await self._library.leave(matcher)
 
     def _actor_restarted(self, link: RemoteActor) -> None:
+        self._membership_changed()
         if link.agent_type == "pattern_matcher" and self._nursery is not None:
-            self._nursery.start_soon(self._library.refill, link)
+            self._nursery.start_soon(self._refill, link)
+
+    async def _refill(self, link: RemoteActor) -> None:
+        await self._library.refill(link)
+        self._membership_changed()
 
     def _agent_process_exited(self, agent_id: str, pid: int) -> None:
         record = self._records.get(agent_id)
@@ -757,7 +771,7 @@ async def open_coordinator(port: int = 0, host: str = "127.0.0.1", tls: ServerTL
                         nursery.cancel_scope.cancel()
                     from ._spawn import stop_all
 
-                    await stop_all(coord)
+                    await stop_all(coord, cfg.drain_timeout)
                     process_nursery.cancel_scope.cancel()
         finally:
             coord.closing = True

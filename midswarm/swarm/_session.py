@@ -124,6 +124,8 @@ class AgentSession:
         self._acks: dict[tuple[str, int], trio.Event] = {}
         self._stop = trio.CancelScope()
         self.draining = False
+        #: True once the links are registered and the library joined.
+        self.ready = False
 
     # -- control stream ---------------------------------------------------------------
 

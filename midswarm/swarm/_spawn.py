@@ -60,6 +60,9 @@ class SpawnedAgent:
         self.last_returncode: int | None = None
         self.ref: ActorRef | None = None
         self.ref_ready = trio.Event()
+        #: Set while no process of this agent is running.
+        self.exited = trio.Event()
+        self.exited.set()
 
     @property
     def restarts(self) -> int:
@@ -112,10 +115,12 @@ async def _watch(coord: Coordinator, spawned: SpawnedAgent,
     process = await trio.lowlevel.open_process(spawned.argv, stdin=subprocess.PIPE)
     spawned.pid = process.pid
     spawned.starts += 1
+    spawned.exited = trio.Event()
     task_status.started(process)
     try:
         returncode = await process.wait()
         spawned.last_returncode = returncode
+        spawned.exited.set()
         log.log(logging.INFO if returncode == 0 else logging.WARNING,
                 "agent process %s (pid %d) exited with code %d", spawned.agent_id,
                 process.pid, returncode)
@@ -134,6 +139,7 @@ async def _watch(coord: Coordinator, spawned: SpawnedAgent,
         if process.stdin is not None:
             with trio.CancelScope(shield=True):
                 await process.stdin.aclose()
+        spawned.exited.set()
 
 
 async def spawn_agent(coord: Coordinator, agent_id: str, types: list[str], certs: str,
@@ -171,11 +177,16 @@ async def spawn_agent(coord: Coordinator, agent_id: str, types: list[str], certs
     spawned.ref_ready.set()
 
 
-async def stop_all(coord: Coordinator) -> None:
-    """Stop every spawned agent process (terminating those still running)."""
+async def stop_all(coord: Coordinator, grace: float) -> None:
+    """Stop every spawned agent process: give drained agents ``grace`` seconds
+    to exit by themselves, then terminate those still running."""
     sup = coord._processes
     if sup is None or not sup.running:
         return
+    spawned = [r.process for r in coord._records.values() if r.process is not None]
+    with trio.move_on_after(grace):
+        for agent in spawned:
+            await agent.exited.wait()
     for status in reversed(sup.children()):
         try:
             await sup.stop_child(status.name)
