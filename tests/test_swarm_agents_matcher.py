@@ -211,3 +211,30 @@ async def test_adapted_parameters_change_the_answer() -> None:
     assert len(before.matches) == 5 and len(after.matches) == 2
     assert after.market_context["qualifying"] <= 1  # only a near-identical shape passes 0.99
     assert similarity_of(0.0, LENGTH) == 1.0
+
+
+async def test_many_small_adds_answer_like_one_big_add() -> None:
+    # 700 patterns in adds of 37 go through several merges of the recent part
+    # into the large one; the answers must not notice.
+    rng = np.random.default_rng(9)
+    vectors, outcomes, ids = library(rng, 700)
+    params = {"k": 9, "window": 6, "similarity_threshold": 0.6, "confidence_threshold": 0.3}
+    one = PatternMatcher("one", params)
+    await one.handle(PatternLibraryAdd(vectors, outcomes, ids))
+    chunked = PatternMatcher("chunked", params)
+    shards = [PatternMatcher(f"s{i}", params) for i in range(3)]
+    for start in range(0, 700, 37):
+        part = slice(start, start + 37)
+        assert await chunked.handle(PatternLibraryAdd(vectors[part], outcomes[part], ids[part])) \
+            == min(start + 37, 700)
+        shard = shards[(start // 37) % 3]
+        await shard.handle(PatternLibraryAdd(vectors[part], outcomes[part], ids[part]))
+        if start % 111 == 0:  # queries between adds: prepared parts get rebuilt
+            query = vectors[rng.integers(700)] + rng.normal(0, 0.5, LENGTH)
+            await chunked.handle(PatternMatchTask(window=query))
+    for _ in range(10):
+        task = PatternMatchTask(window=vectors[rng.integers(700)] + rng.normal(0, 0.5, LENGTH))
+        expected = await one.handle(task)
+        same_result(await chunked.handle(task), expected)
+        same_result(merge_pattern_results([await s.handle(task) for s in shards], 9), expected)
+    assert len(chunked) == 700

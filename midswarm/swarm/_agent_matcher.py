@@ -3,20 +3,22 @@
 Theory of operation
 -------------------
 A :class:`PatternMatcher` holds one shard of the library in memory: pattern
-vectors (all of one length), their known outcomes and their ids, kept sorted
-by id.  The coordinator holds the durable copy and sends shards with
+vectors (all of one length), their known outcomes and their ids.  The
+coordinator holds the durable copy and sends shards with
 :class:`PatternLibraryAdd`; a restarted matcher starts empty.
 
 A :class:`PatternMatchTask` is answered by :func:`summarise` applied to the
 shard's exact top-k under banded DTW with z-normalisation (the search of
-``dtw_knn(window, library, k, window=band, znorm=True)``; the prepared library
-is cached between queries and rebuilt after a change), ordered by
+``dtw_knn(window, library, k, window=band, znorm=True)``), ordered by
 ``(distance, pattern_id)``.  A pattern's distance to a query does not depend
-on what else is in its shard, so the top-k of a union of shards is the top-k
-of the shards' top-k pooled: :func:`merge_pattern_results` merges them into
-the global top-k exactly, and recomputes the summary with the same
-:func:`summarise`, summing in the same order.  Sharded and unsharded answers
-are equal to the last bit.
+on what else is searched with it, so the top-k of a union of pattern sets is
+the top-k of their pooled top-k lists.  The matcher uses that twice.  Inside a
+shard, patterns live in two prepared libraries: a large one, prepared again
+only when the recent additions reach a quarter of its size, and the recent
+additions, cheap to prepare after every add.  Across shards,
+:func:`merge_pattern_results` merges the shards' top-k into the global top-k
+exactly, and recomputes the summary with the same :func:`summarise`, summing
+in the same order: sharded and unsharded answers are equal to the last bit.
 
 The figures, for matches sorted by ``(distance, pattern_id)`` of query length
 ``m``:
@@ -207,14 +209,14 @@ def _as_array(name: str, value: Any, ndim: int, dtype: Any = np.float64) -> np.n
 
 def _top_k(library: PatternLibrary, query: np.ndarray, k: int, ids: np.ndarray
            ) -> list[tuple[int, float]]:
-    """``(row, distance)`` of the first ``k`` rows by ``(distance, id)``.
+    """``(row, distance)`` of the first ``k`` rows of ``library`` by ``(distance, id)``.
 
     The kernel orders by *squared* distance, then row; two squared distances
     one ulp apart can have the same square root, and then the kernel's order
-    and the ``(distance, id)`` order a merge of shards can see differ.  So ask
-    for more rows until every row as close as the k-th one is in hand (the
-    first extra row already settles it unless there is such a tie), and sort
-    by ``(distance, id)`` here.
+    and the ``(distance, id)`` order a merge of shards sees differ.  So ask for
+    more rows until every row as close as the k-th one is in hand (the first
+    extra row settles it unless there is such a tie), and sort by
+    ``(distance, id)`` here.
     """
     n = len(library)
     want = min(k + 1, n)
@@ -225,6 +227,43 @@ def _top_k(library: PatternLibrary, query: np.ndarray, k: int, ids: np.ndarray
     ranked = sorted(zip(rows.tolist(), distances.tolist(), strict=True),
                     key=lambda rd: (rd[1], int(ids[rd[0]])))
     return ranked[:k]
+
+
+def _search(parts: tuple[_Part, ...], query: np.ndarray, k: int, band: int) -> list[Match]:
+    pooled = [hit for part in parts for hit in part.top_k(query, k, band)]
+    pooled.sort(key=lambda hit: (hit[0], hit[1]))
+    length = query.shape[0]
+    return [Match(pattern_id=i, distance=d, similarity=similarity_of(d, length), outcome=o)
+            for d, i, o in pooled[:k]]
+
+
+class _Part:
+    """Patterns searched as one prepared :class:`PatternLibrary`."""
+
+    def __init__(self, length: int) -> None:
+        self.vectors = np.empty((0, length))
+        self.ids = np.empty(0, dtype=np.int64)
+        self.outcomes = np.empty(0)
+        self._library: PatternLibrary | None = None
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def extend(self, vectors: np.ndarray, ids: np.ndarray, outcomes: np.ndarray) -> None:
+        self.vectors = np.ascontiguousarray(np.concatenate([self.vectors, vectors]))
+        self.ids = np.concatenate([self.ids, ids])
+        self.outcomes = np.concatenate([self.outcomes, outcomes])
+        self._library = None
+
+    def top_k(self, query: np.ndarray, k: int, band: int) -> list[tuple[float, int, float]]:
+        """``(distance, id, outcome)`` of the part's top ``k``."""
+        if not len(self):
+            return []
+        library = self._library
+        if library is None or library.window != band:
+            library = self._library = PatternLibrary(self.vectors, band, True)
+        return [(d, int(self.ids[r]), float(self.outcomes[r]))
+                for r, d in _top_k(library, query, k, self.ids)]
 
 
 class PatternMatcher(Actor):
@@ -263,16 +302,19 @@ class PatternMatcher(Actor):
         self.extra = {k: v for k, v in given.items() if k not in MATCHER_LIMITS}
         self.params: dict[str, float | int] = dict(MATCHER_DEFAULTS)
         self.params.update(check_matcher_parameters(known))
-        self._ids = np.empty(0, dtype=np.int64)
-        self._vectors: np.ndarray | None = None
-        self._outcomes = np.empty(0)
-        self._library: PatternLibrary | None = None
+        # Two parts: a large one, prepared rarely, and the recent additions,
+        # cheap to prepare after every add; merged into the large one when
+        # they reach a quarter of it.  The answer is the same as from one part.
+        self._length: int | None = None
+        self._main: _Part | None = None
+        self._recent: _Part | None = None
+        self._known: set[int] = set()
         self._last_command = 0
         self.commands_applied = 0
         self.commands_ignored = 0
 
     def __len__(self) -> int:
-        return int(self._ids.shape[0])
+        return len(self._known)
 
     async def handle(self, msg: Any) -> Any:
         if isinstance(msg, PatternMatchTask):
@@ -307,23 +349,23 @@ class PatternMatcher(Actor):
             raise ValueError("PatternLibraryAdd.vectors: patterns of length 0")
         if not (np.isfinite(vectors).all() and np.isfinite(outcomes).all()):
             raise ValueError("PatternLibraryAdd: vectors and outcomes must be finite")
-        if self._vectors is not None and vectors.shape[1] != self._vectors.shape[1]:
+        if self._length is not None and vectors.shape[1] != self._length:
             raise ValueError(f"PatternLibraryAdd.vectors: length {vectors.shape[1]} differs from "
-                             f"the shard's patterns (length {self._vectors.shape[1]})")
+                             f"the shard's patterns (length {self._length})")
         if np.unique(ids).shape[0] != count:
             raise ValueError("PatternLibraryAdd.ids: an id appears twice in one add")
-        fresh = ~np.isin(ids, self._ids)
+        fresh = np.array([i not in self._known for i in ids.tolist()], dtype=bool)
         if not fresh.any():
             return len(self)
-        all_ids = np.concatenate([self._ids, ids[fresh]])
-        all_vectors = vectors[fresh] if self._vectors is None else np.concatenate(
-            [self._vectors, vectors[fresh]])
-        all_outcomes = np.concatenate([self._outcomes, outcomes[fresh]])
-        order = np.argsort(all_ids, kind="stable")
-        self._ids = all_ids[order]
-        self._vectors = np.ascontiguousarray(all_vectors[order])
-        self._outcomes = all_outcomes[order]
-        self._library = None
+        if self._main is None or self._recent is None:
+            self._length = int(vectors.shape[1])
+            self._main = _Part(self._length)
+            self._recent = _Part(self._length)
+        self._recent.extend(vectors[fresh], ids[fresh], outcomes[fresh])
+        self._known.update(ids[fresh].tolist())
+        if len(self._recent) >= max(256, len(self._main) // 4):
+            self._main.extend(self._recent.vectors, self._recent.ids, self._recent.outcomes)
+            self._recent = _Part(self._length)
         return len(self)
 
     # -- queries ------------------------------------------------------------------
@@ -341,22 +383,13 @@ class PatternMatcher(Actor):
         params = self._task_parameters(task)
         started = time.perf_counter()
         matches: list[Match] = []
-        if self._vectors is not None:
-            if query.shape[0] != self._vectors.shape[1]:
+        if self._main is not None and self._recent is not None:
+            if query.shape[0] != self._length:
                 raise ValueError(f"PatternMatchTask.window: length {query.shape[0]} differs "
-                                 f"from the library's patterns (length {self._vectors.shape[1]})")
-            band = int(params["window"])
-            library = self._library
-            if library is None or library.window != band:
-                library = await trio.to_thread.run_sync(PatternLibrary, self._vectors, band, True)
-                self._library = library
-            ranked = await trio.to_thread.run_sync(_top_k, library, query, int(params["k"]),
-                                                   self._ids)
-            length = query.shape[0]
-            matches = [Match(pattern_id=int(self._ids[r]), distance=d,
-                             similarity=similarity_of(d, length),
-                             outcome=float(self._outcomes[r]))
-                       for r, d in ranked]
+                                 f"from the library's patterns (length {self._length})")
+            matches = await trio.to_thread.run_sync(
+                _search, (self._main, self._recent), query, int(params["k"]),
+                int(params["window"]))
         elapsed = (time.perf_counter() - started) * 1000.0
         return summarise(query, matches, params, elapsed, task.context, len(self))
 
