@@ -17,6 +17,7 @@ from midswarm.transport import (
     ClientTLS,
     ConnectionClosed,
     MessageStream,
+    QuicConfig,
     QuicConnection,
     QuicListener,
     QuicStream,
@@ -42,6 +43,8 @@ class LossyRelay:
         self.drop, self.duplicate, self.reorder = drop, duplicate, reorder
         self.client: Any = None
         self.forwarded = self.dropped = self.duplicated = self.delayed = 0
+        #: Set to drop everything from now on (the path died).
+        self.blackhole = False
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -61,7 +64,7 @@ class LossyRelay:
                     else:
                         self.client = addr
                         dest = self.server
-                    if dest is None:
+                    if dest is None or self.blackhole:
                         continue
                     rng = self.rng
                     if rng.random() < self.drop:
@@ -152,3 +155,39 @@ async def test_messages_survive_loss_duplication_reordering(
         assert received[s] == expected, f"stream {s}"
     # The relay really misbehaved.
     assert relay.dropped > 0 and relay.duplicated > 0 and relay.delayed > 0, vars(relay)
+
+
+async def test_keep_alive_does_not_keep_a_dead_path_alive(certs: Path) -> None:
+    """Pings keep an idle connection up, but when nothing comes back at all both
+    ends still give up after the idle timeout (and the server handler ends)."""
+    config = QuicConfig(keep_alive_interval=0.05, idle_timeout=0.5)
+    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
+    handler_done = trio.Event()
+
+    async def handler(conn: QuicConnection) -> None:
+        try:
+            await echo_handler(conn)
+        finally:
+            handler_done.set()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listener: QuicListener = await nursery.start(
+                functools.partial(serve_quic, handler, 0, tls=tls, config=config))
+            relay = LossyRelay(0, ("127.0.0.1", listener.port), drop=0, duplicate=0,
+                               reorder=0)
+            relay_port: int = await nursery.start(relay.run)
+            async with connect_quic("127.0.0.1", relay_port, tls=ClientTLS(certs / "ca.pem"),
+                                    config=config) as conn:
+                ms = MessageStream(await conn.open_stream())
+                await ms.send_message(b"ping")
+                assert await ms.receive_message() == b"ping"
+                relay.blackhole = True
+                with trio.fail_after(5):
+                    await conn.terminated.wait()
+                with trio.fail_after(5):
+                    await handler_done.wait()
+                with pytest.raises(trio.BrokenResourceError):
+                    await ms.send_message(b"anyone?")
+            assert not listener.connections
+            nursery.cancel_scope.cancel()
