@@ -53,9 +53,13 @@ async def _echo_handler(conn: QuicConnection) -> None:
         while True:
             try:
                 stream = await conn.accept_stream()
+                while True:  # drain a burst without a scheduling round per stream
+                    nursery.start_soon(_echo_stream, stream)
+                    stream = conn.accept_stream_nowait()
+            except trio.WouldBlock:
+                continue
             except ConnectionClosed:
                 return
-            nursery.start_soon(_echo_stream, stream)
 
 
 async def _serve(certdir: str, port: int) -> None:

@@ -90,9 +90,11 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in _ALLOWED_KINDS:
             raise TypeError(f"arrays of dtype {obj.dtype} cannot be sent")
-        a = np.ascontiguousarray(obj)
-        return msgpack.ExtType(
-            _ND_EXT, msgpack.packb([a.dtype.str, list(a.shape), a.data.cast("B")]))
+        a = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)
+        # A flat uint8 view exports any dtype (datetimes too) and any shape
+        # (empty, 0-d) as one buffer, without a copy.
+        raw = a.reshape(-1).view(np.uint8).data
+        return msgpack.ExtType(_ND_EXT, msgpack.packb([a.dtype.str, list(obj.shape), raw]))
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, (set, frozenset)):
@@ -120,7 +122,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
             f"array of shape {tuple(shape)} and dtype {dtype} needs {expected} bytes, "
             f"got {len(raw)}")
     # Copy so receivers get an ordinary writable array.
-    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    return np.frombuffer(raw, dtype=dtype).reshape(tuple(shape)).copy()
 
 
 def pack(obj: Any) -> bytes:

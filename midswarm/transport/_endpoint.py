@@ -386,25 +386,32 @@ async def connect_quic(
             conn.datagram_received(data, addr, now)
             return conn
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(endpoint.run_receiver, on_datagram)
-            nursery.start_soon(endpoint.run_flusher)
-            nursery.start_soon(conn._run_timer)
-            machine.connect(addr, now=trio.current_time())
-            conn._pump()
-            try:
-                if wait_connected:
-                    with trio.move_on_after(cfg.handshake_timeout):
-                        await conn.wait_handshake()
-                    if not conn.handshake_complete:
-                        conn.close(0, "handshake timed out")
-                        raise ConnectionClosed(
-                            f"no handshake with {host}:{port} within "
-                            f"{cfg.handshake_timeout} s")
-                yield conn
-            finally:
-                conn.close(0, "")
-                nursery.cancel_scope.cancel()
+        # The background tasks never raise, so anything leaving the nursery came
+        # from the handshake or the caller's block: unwrap it from the group.
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(endpoint.run_receiver, on_datagram)
+                nursery.start_soon(endpoint.run_flusher)
+                nursery.start_soon(conn._run_timer)
+                machine.connect(addr, now=trio.current_time())
+                conn._pump()
+                try:
+                    if wait_connected:
+                        with trio.move_on_after(cfg.handshake_timeout):
+                            await conn.wait_handshake()
+                        if not conn.handshake_complete:
+                            conn.close(0, "handshake timed out")
+                            raise ConnectionClosed(
+                                f"no handshake with {host}:{port} within "
+                                f"{cfg.handshake_timeout} s")
+                    yield conn
+                finally:
+                    conn.close(0, "")
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
     finally:
         sock.close()
 

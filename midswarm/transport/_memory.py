@@ -10,6 +10,7 @@ unread writes), half-closeable, and can be aborted with a code like QUIC streams
 
 from __future__ import annotations
 
+import operator
 import math
 from collections import deque
 
@@ -97,8 +98,10 @@ class MemoryStream(trio.abc.HalfCloseableStream):
             self._send.readable.unpark_all()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
         await trio.lowlevel.checkpoint_if_cancelled()
         pipe = self._recv
         while not self._pending:
@@ -206,6 +209,14 @@ class MemoryConnection:
         stream = self._accept.popleft()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return stream
+
+    def accept_stream_nowait(self) -> MemoryStream:
+        """A waiting peer-opened stream, else :class:`trio.WouldBlock`."""
+        if self._accept:
+            return self._accept.popleft()
+        if self._closed:
+            raise ConnectionClosed(self._close_reason, self._close_code or 0)
+        raise trio.WouldBlock
 
     def close(self, error_code: int = 0, reason: str = "") -> None:
         """Close both ends: every waiter on every stream wakes and fails."""

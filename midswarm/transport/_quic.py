@@ -29,6 +29,7 @@ send buffer is unbounded; :meth:`QuicStream.send_all` waits while more than
 
 from __future__ import annotations
 
+import operator
 import math
 from collections import deque
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from aioquic import tls
+from aioquic.tls import State as TlsState
 from aioquic.quic import events
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
@@ -93,13 +95,111 @@ class _Machine(_AioQuicConnection):
         super().__init__(**kwargs)
         # aioquic hard-codes 128; it replenishes one per finished stream, so this
         # is the number of peer-opened streams open at once.
-        self._local_max_streams_bidi.value = config.max_concurrent_streams
-        self._local_max_streams_uni.value = config.max_concurrent_streams
+        for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
+            # ``sent`` too: the initial value travels in the transport parameters,
+            # and aioquic only announces increases over what it thinks it sent.
+            limit.value = limit.sent = config.max_concurrent_streams
         self._ms_window = config.stream_receive_window
         self._ms_request_client_cert = request_client_cert
         self._loss._pacer = _GranularPacer(max_datagram_size=self._max_datagram_size)
         # stream id -> bytes the application has read
         self.ms_consumed: dict[int, int] = {}
+        # streams that may need a frame, in service order (see _write_application)
+        self.ms_active: dict[int, _AioStream] = {}
+        self.ms_closing: dict[int, _AioStream] = {}
+        self.ms_received = False  # a datagram arrived since closing streams were checked
+        self._ms_rescan = False
+        self._ms_lost_packets = self._loss._on_packets_lost
+        self._loss._on_packets_lost = self._ms_on_packets_lost
+
+    # --- serving only the streams that need it --------------------------------------
+    #
+    # aioquic's _write_application visits every open stream for every packet it
+    # builds (once for flow-control limits, once for data), which makes each
+    # packet cost O(open streams): with 1000 streams, milliseconds.  We keep the
+    # set of streams that can need a frame — written to, reset or stopped by us,
+    # owed a window update, closing but not yet finished, or new — and show
+    # aioquic only those, by swapping its stream table for the duration of the
+    # call.  A lost packet can make any stream need a retransmission, so a loss
+    # puts every stream back in view once.
+
+    def _ms_mark(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self.ms_active[stream_id] = stream
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        super().send_stream_data(stream_id, data, end_stream)
+        self._ms_mark(stream_id)
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        super().reset_stream(stream_id, error_code)
+        self._ms_mark(stream_id)
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        super().stop_stream(stream_id, error_code)
+        self._ms_mark(stream_id)
+
+    def _ms_on_packets_lost(self, **kwargs: Any) -> None:
+        self._ms_rescan = True
+        self._ms_lost_packets(**kwargs)
+
+    @staticmethod
+    def _ms_has_work(stream: _AioStream) -> bool:
+        sender = stream.sender
+        return (not sender.buffer_is_empty or sender.reset_pending
+                or stream.receiver.stop_pending
+                or stream.max_stream_data_local_sent != stream.max_stream_data_local)
+
+    @staticmethod
+    def _ms_is_closing(stream: _AioStream) -> bool:
+        # Closing streams must be seen once finished, so that aioquic discards
+        # them (which also lets the peer open another).  They finish only when
+        # a packet arrives (an ACK, a FIN, a reset), so they are shown to aioquic
+        # only on the first packet built after a receive.
+        sender = stream.sender
+        return (sender._buffer_fin is not None or sender._reset_error_code is not None
+                or stream.receiver.is_finished)
+
+    def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
+        streams = self._streams
+        active = self.ms_active
+        if self._streams_queue:  # streams aioquic created since the last call
+            for stream in self._streams_queue:
+                active[stream.stream_id] = stream
+        if self._ms_rescan:
+            self._ms_rescan = False
+            view = dict(streams)
+        else:
+            view = dict(active)
+        if self.ms_received:
+            self.ms_received = False
+            view.update(self.ms_closing)
+        shown = list(view)
+        self._streams = view
+        self._streams_queue = list(view.values())
+        try:
+            super()._write_application(builder, network_path, now)
+        finally:
+            order = self._streams_queue
+            self._streams = streams
+            self._streams_queue = []
+            closing = self.ms_closing
+            for sid in shown:
+                if sid not in view:  # finished: aioquic discarded it from the view
+                    streams.pop(sid, None)
+                    closing.pop(sid, None)
+            new_active: dict[int, _AioStream] = {}
+            for stream in order:
+                sid = stream.stream_id
+                if sid not in view:
+                    continue
+                if self._ms_has_work(stream):
+                    new_active[sid] = stream
+                    closing.pop(sid, None)
+                elif self._ms_is_closing(stream):
+                    closing[sid] = stream
+            self.ms_active = new_active
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -108,6 +208,19 @@ class _Machine(_AioQuicConnection):
             # client certificate and does not verify it; we verify after the
             # handshake (see QuicConnection._on_handshake).
             self.tls._request_client_certificate = True
+            # ... and then expects a certificate even when the client resumed
+            # with a PSK (it rightly sent no CertificateRequest then), failing
+            # the handshake.  A resumed session goes straight to Finished.
+            context = self.tls
+            handle_hello = context._server_handle_hello
+
+            def server_handle_hello(*args: Any, **kwargs: Any) -> None:
+                handle_hello(*args, **kwargs)
+                if (context.session_resumed
+                        and context.state == TlsState.SERVER_EXPECT_CERTIFICATE):
+                    context._server_expect_finished()
+
+            context._server_handle_hello = server_handle_hello  # type: ignore[method-assign]
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: _AioStream) -> None:
         if not stream.max_stream_data_local:
@@ -134,7 +247,10 @@ class _Machine(_AioQuicConnection):
         if stream is None or not stream.max_stream_data_local:
             return False
         target = self.ms_consumed.get(stream_id, 0) + self._ms_window
-        return target - stream.max_stream_data_local >= self._ms_window >> 2
+        if target - stream.max_stream_data_local >= self._ms_window >> 2:
+            self.ms_active[stream_id] = stream
+            return True
+        return False
 
     def unacked_bytes(self, stream_id: int) -> int:
         stream = self._streams.get(stream_id)
@@ -206,7 +322,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
                 chunk = view[pos:pos + watermark]
                 conn._machine.send_stream_data(self.stream_id, bytes(chunk))
                 pos += len(chunk)
-                conn._pump(with_ack=True)
+                conn._transmit_soon()
                 if pos >= total:
                     break
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -216,11 +332,11 @@ class QuicStream(trio.abc.HalfCloseableStream):
     async def _wait_send_capacity(self, watermark: int) -> None:
         conn = self._conn
         while True:
+            if self._closed:
+                raise trio.ClosedResourceError("stream was closed")
             broken = self._send_broken()
             if broken is not None:
                 raise broken
-            if self._closed:
-                raise trio.ClosedResourceError("stream was closed")
             if conn._machine.unacked_bytes(self.stream_id) < watermark:
                 return
             conn._send_waiters.add(self)
@@ -234,7 +350,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._send_conflict = True
         try:
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await trio.lowlevel.checkpoint()
             await self._wait_send_capacity(self._conn.config.stream_send_watermark)
         finally:
             self._send_conflict = False
@@ -260,8 +376,10 @@ class QuicStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._recv_conflict:
             raise trio.BusyResourceError("another task is already receiving on this stream")
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
         self._recv_conflict = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -381,6 +499,8 @@ class QuicConnection:
         self._last_send = trio.current_time()
         self._ping_uid = 0
         self._pump_seq = 0
+        self._flush_pending = False  # the timer task will flush coalesced writes
+        self._dirty = False  # a write is waiting for that flush
         self._unacked_rx = 0  # datagrams received since we last sent an ACK
         self._ack_space: Any = None  # aioquic's 1-RTT packet space, once it exists
         self.peer_identity: str | None = None
@@ -465,6 +585,16 @@ class QuicConnection:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return stream
 
+    def accept_stream_nowait(self) -> QuicStream:
+        """Return a stream the peer opened if one is waiting, else raise
+        :class:`trio.WouldBlock`.  Lets a server drain a burst of new streams
+        in one scheduling round (``accept_stream`` yields once per stream)."""
+        if self._accept_queue:
+            return self._accept_queue.popleft()
+        if self._terminated:
+            raise self._closed_error()
+        raise trio.WouldBlock
+
     def close(self, error_code: int = _NO_ERROR, reason: str = "") -> None:
         """Send CONNECTION_CLOSE now, fail every stream, and stop the connection."""
         if self._terminated:
@@ -534,6 +664,23 @@ class QuicConnection:
             self._pump()
         return self._pump_seq
 
+    def _transmit_soon(self) -> None:
+        """Transmit after an application write.
+
+        The first write transmits at once (lowest latency) and asks the timer
+        task for a flush in the next scheduling round; writes made before that
+        flush — typically by the many tasks a burst of received data woke —
+        wait for it and leave together, packed into full datagrams, instead of
+        one datagram each.
+        """
+        if self._flush_pending:
+            self._dirty = True
+            return
+        self._pump(with_ack=True)
+        self._flush_pending = True
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
+
     def _pump(self, *, with_ack: bool = False) -> None:
         """Process pending events, transmit, re-arm the timer.  Never awaits.
 
@@ -579,22 +726,34 @@ class QuicConnection:
     def datagram_received(self, data: bytes, addr: Any, now: float) -> None:
         """Feed one datagram; the caller calls :meth:`_process_received` once
         per batch."""
-        self._machine.receive_datagram(data, addr, now)
+        machine = self._machine
+        machine.receive_datagram(data, addr, now)
+        machine.ms_received = True
         self._unacked_rx += 1
 
     async def _run_timer(self) -> None:
-        """The connection's one task: wake at the state machine's timer or for a
-        keep-alive ping, never otherwise."""
+        """The connection's one task: wake at the state machine's timer, for a
+        keep-alive ping, or to flush writes coalesced by :meth:`_transmit_soon`;
+        never otherwise."""
         machine = self._machine
         try:
             while not self._terminated:
                 with trio.CancelScope(deadline=self._deadline) as scope:
                     self._timer_scope = scope
+                    if self._flush_pending:
+                        scope.cancel()
                     await trio.sleep_forever()
                 self._timer_scope = None
                 if self._terminated:
                     break
+                if self._flush_pending:
+                    self._flush_pending = False
+                    if self._dirty:
+                        self._dirty = False
+                        self._pump(with_ack=True)
                 now = trio.current_time()
+                if now < self._deadline:
+                    continue  # woken only to flush
                 timer = machine.get_timer()
                 if timer is not None and now >= timer:
                     machine.handle_timer(now)
