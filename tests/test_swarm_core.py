@@ -178,8 +178,11 @@ async def test_agent_reconnects_after_losing_its_connection() -> None:
         assert session is not None
         session.conn.close(0, "test: connection lost")
         with trio.fail_after(10):
-            while coord.agents["feature_engineer-1"].sessions < 2:
-                await coord.wait_for_change()
+            while True:
+                seen = coord.generation
+                if coord.agents["feature_engineer-1"].sessions == 2:
+                    break
+                await coord.wait_for_change(seen)
         await coord.wait_for_agents(["feature_engineer-1"], timeout=10)
         assert (await swarm.submit(task(3))).names == ["feature_engineer-1"]
 
@@ -267,7 +270,8 @@ async def test_welcome_carries_assignments_and_parameters() -> None:
 
 
 async def test_submit_after_close_and_bad_arguments() -> None:
-    from midswarm.swarm import CoordinatorClosed, open_swarm as swarm_of
+    from midswarm.swarm import CoordinatorClosed
+    from midswarm.swarm import open_swarm as swarm_of
 
     async with probes(1) as swarm:
         coord = swarm.coordinator

@@ -163,6 +163,7 @@ class Coordinator:
         self._process_nursery: trio.Nursery | None = None
         self._listener: Any = None
         self._membership = trio.Event()
+        self._generation = 0
         self.closing = False
         self.closed = False
         self._experiences = 0
@@ -517,10 +518,20 @@ class Coordinator:
         result = await self.ask_agent(agent_id, "pattern_matcher", "parameters")
         return dict(result)
 
-    async def wait_for_change(self) -> None:
-        """Return at the next change of who is connected, of an agent's
-        reported actor restarts, or of the library's shards."""
-        await self._membership.wait()
+    @property
+    def generation(self) -> int:
+        """Counts changes of who is connected, of agents' reported actor
+        restarts and of the library's shards."""
+        return self._generation
+
+    async def wait_for_change(self, since: int | None = None) -> None:
+        """Return once :attr:`generation` differs from ``since`` (default: its
+        value now, i.e. wait for the next change).  Read ``generation`` before
+        checking a condition and pass it here, and no change is missed."""
+        if since is None:
+            since = self._generation
+        while self._generation == since:
+            await self._membership.wait()
 
     async def wait_idle(self) -> None:
         """Return once no task attempt is in flight (late duplicates included)."""
@@ -553,6 +564,7 @@ class Coordinator:
         if session is None:
             raise LookupError(f"agent {agent_id!r} is not connected")
         await self._drain_sessions([session], reason)
+        await session.ended.wait()
 
     async def _drain_sessions(self, sessions: list[AgentSession], reason: str) -> None:
         for session in sessions:
@@ -593,6 +605,7 @@ class Coordinator:
     # -- internals for sessions and the spawner ----------------------------------------------
 
     def _membership_changed(self) -> None:
+        self._generation += 1
         self._membership.set()
         self._membership = trio.Event()
 

@@ -126,6 +126,8 @@ class AgentSession:
         self.draining = False
         #: True once the links are registered and the library joined.
         self.ready = False
+        #: Set once the session is over and cleaned up after.
+        self.ended = trio.Event()
 
     # -- control stream ---------------------------------------------------------------
 
@@ -339,6 +341,7 @@ async def _serve(coord: Coordinator, conn: Any, trusted: bool) -> None:
             record.disconnected_at = trio.current_time()
             record.last_end_reason = session.end_reason
             coord._membership_changed()
+        session.ended.set()
         log.info("agent %s disconnected: %s", hello.agent_id, session.end_reason or "closed")
 
 
