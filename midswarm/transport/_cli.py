@@ -87,8 +87,9 @@ async def _client(certdir: str, port: int, count: int, size: int) -> None:
     rtts.sort()
     print(f"connected to echo server in {handshake * 1e3:.1f} ms "
           f"(server identity {conn.peer_identity!r})")
+    p50, p99 = rtts[len(rtts) // 2], rtts[int(len(rtts) * 0.99)]
     print(f"{count} round trips of {size} bytes over QUIC between two processes: "
-          f"p50 {rtts[len(rtts) // 2] * 1e6:.0f} us, p99 {rtts[int(len(rtts) * 0.99)] * 1e6:.0f} us")
+          f"p50 {p50 * 1e6:.0f} us, p99 {p99 * 1e6:.0f} us")
 
 
 def _echo_args(p: argparse.ArgumentParser) -> None:

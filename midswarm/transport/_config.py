@@ -26,10 +26,13 @@ class QuicConfig:
     pings are sent (aioquic sends none by itself) and the idle timeout is long.
     """
 
-    #: Largest UDP payload we send.  1200 is always safe on the Internet; loopback
-    #: and jumbo-frame LANs carry more.  At most 16383: aioquic encodes frame
-    #: lengths in two bytes, and larger packets fail to parse at the peer.
-    max_datagram_size: int = attrs.field(default=1452, validator=_positive)
+    #: Largest UDP payload we send.  ``None`` (the default) discovers it from the
+    #: path MTU the kernel knows for the peer's address (1472 on a 1500-byte
+    #: Ethernet path, the maximum on loopback) and lowers it if the kernel later
+    #: learns of a smaller MTU (EMSGSIZE).  1200 is always safe on the Internet.
+    #: At most 16383: aioquic writes frame lengths in two bytes, and larger
+    #: packets fail to parse at the peer.
+    max_datagram_size: int | None = None
     #: ``"reno"`` or ``"cubic"``.
     congestion_control: str = attrs.field(
         default="reno", validator=attrs.validators.in_(("reno", "cubic")))
@@ -58,7 +61,8 @@ class QuicConfig:
     initial_rtt: float = attrs.field(default=0.01, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
-        if not 1200 <= self.max_datagram_size <= MAX_DATAGRAM_SIZE:
+        if self.max_datagram_size is not None and not (
+                1200 <= self.max_datagram_size <= MAX_DATAGRAM_SIZE):
             raise ValueError(f"max_datagram_size must be between 1200 and {MAX_DATAGRAM_SIZE}, "
                              f"got {self.max_datagram_size}")
         if self.keep_alive_interval is not None and self.keep_alive_interval <= 0:

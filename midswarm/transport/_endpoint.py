@@ -16,6 +16,7 @@ else is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import socket
@@ -39,6 +40,7 @@ from ._errors import ConnectionClosed
 from ._quic import QuicConnection, _Machine
 from ._tickets import SessionTicketStore, _ServerTickets
 from ._tls import ClientTLS, ServerTLS
+from ._udp import MIN_DATAGRAM_SIZE, forbid_fragmentation, max_datagram_to, path_max_datagram_size
 
 __all__ = ["serve_quic", "connect_quic", "QuicListener"]
 
@@ -53,6 +55,7 @@ _INTERNAL_ERROR = 0x3
 
 def _tune_socket(sock: socket.socket) -> None:
     sock.setblocking(False)
+    forbid_fragmentation(sock)
     for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         try:
             sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
@@ -71,6 +74,8 @@ class _Endpoint:
         self._pending: deque[tuple[bytes, Any]] = deque()
         self._flush_lot = trio.lowlevel.ParkingLot()
         self.on_refused: Callable[[], None] | None = None
+        #: Set when the kernel refused a datagram as too large for the path.
+        self.oversized = False
 
     # --- sending ------------------------------------------------------------------
 
@@ -93,6 +98,8 @@ class _Endpoint:
             except OSError as exc:
                 # ECONNREFUSED from an earlier ICMP error, EMSGSIZE, ...: UDP is
                 # lossy by contract and QUIC recovers from a lost datagram.
+                if exc.errno == errno.EMSGSIZE:
+                    self.oversized = True
                 self._socket_error(exc)
 
     def _socket_error(self, exc: OSError) -> None:
@@ -190,7 +197,8 @@ class QuicListener:
             self._scope.cancel()
 
 
-def _base_configuration(config: QuicConfig, *, is_client: bool) -> QuicConfiguration:
+def _base_configuration(config: QuicConfig, *, is_client: bool,
+                        max_datagram_size: int) -> QuicConfiguration:
     return QuicConfiguration(
         is_client=is_client,
         alpn_protocols=[config.alpn],
@@ -199,7 +207,7 @@ def _base_configuration(config: QuicConfig, *, is_client: bool) -> QuicConfigura
         idle_timeout=config.idle_timeout,
         max_data=config.connection_receive_window,
         max_stream_data=config.stream_receive_window,
-        max_datagram_size=config.max_datagram_size,
+        max_datagram_size=max_datagram_size,
         initial_rtt=config.initial_rtt,
     )
 
@@ -230,7 +238,8 @@ async def serve_quic(
     if tls is None:
         raise TypeError("serve_quic needs tls=ServerTLS(cert, key, ...)")
     cfg = config if config is not None else QuicConfig()
-    qconf = _base_configuration(cfg, is_client=False)
+    qconf = _base_configuration(cfg, is_client=False,
+                                max_datagram_size=cfg.max_datagram_size or MIN_DATAGRAM_SIZE)
     qconf.load_cert_chain(tls.cert, tls.key)
     client_ca = tls.ca if tls.require_client_cert else None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -275,10 +284,14 @@ async def serve_quic(
                     conn._resumed_identity = identity
                     return ticket
 
+                conf = qconf
+                if cfg.max_datagram_size is None:
+                    conf = dataclasses.replace(
+                        qconf, max_datagram_size=max_datagram_to(family, addr))
                 machine = _Machine(
                     config=cfg,
                     request_client_cert=client_ca is not None,
-                    configuration=qconf,
+                    configuration=conf,
                     original_destination_connection_id=dcid,
                     session_ticket_fetcher=fetch,
                     session_ticket_handler=lambda t: tickets.add(t, holder),
@@ -360,7 +373,9 @@ async def connect_quic(
     try:
         _tune_socket(sock)
         sock.connect(addr)
-        qconf = _base_configuration(cfg, is_client=True)
+        qconf = _base_configuration(
+            cfg, is_client=True,
+            max_datagram_size=cfg.max_datagram_size or path_max_datagram_size(sock))
         qconf.server_name = tls.server_name
         qconf.load_verify_locations(cafile=tls.ca)
         if tls.cert is not None:

@@ -10,8 +10,8 @@ unread writes), half-closeable, and can be aborted with a code like QUIC streams
 
 from __future__ import annotations
 
-import operator
 import math
+import operator
 from collections import deque
 
 import trio

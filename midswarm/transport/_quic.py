@@ -29,27 +29,30 @@ send buffer is unbounded; :meth:`QuicStream.send_all` waits while more than
 
 from __future__ import annotations
 
-import operator
 import math
+import operator
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 from aioquic import tls
-from aioquic.tls import State as TlsState
 from aioquic.quic import events
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
-    QuicConnection as _AioQuicConnection,
     QuicFrameType,
+)
+from aioquic.quic.connection import (
+    QuicConnection as _AioQuicConnection,
 )
 from aioquic.quic.recovery import QuicPacketPacer
 from aioquic.quic.stream import QuicStream as _AioStream
+from aioquic.tls import State as TlsState
 
 from ._config import QuicConfig
 from ._errors import ConnectionClosed
 from ._tls import CertificateError, certificate_identity, verify_client_certificate
+from ._udp import max_datagram_to
 
 if TYPE_CHECKING:
     from ._endpoint import _Endpoint
@@ -701,8 +704,12 @@ class QuicConnection:
             space.ack_at = now
         datagrams = machine.datagrams_to_send(now)
         if datagrams:
-            self._endpoint.send_datagrams(datagrams)
+            endpoint = self._endpoint
+            endpoint.send_datagrams(datagrams)
             self._last_send = now
+            if endpoint.oversized:
+                endpoint.oversized = False
+                self._shrink_datagrams()
         if space is not None and space.ack_at is None:
             self._unacked_rx = 0
         # Acknowledgements may have freed send capacity.
@@ -722,6 +729,20 @@ class QuicConnection:
             self._deadline = deadline
             if self._timer_scope is not None:
                 self._timer_scope.deadline = deadline
+
+    def _shrink_datagrams(self) -> None:
+        """The kernel refused a datagram as larger than the path MTU it now
+        knows: send smaller ones from now on (the refused one counts as lost)."""
+        if self.config.max_datagram_size is not None:
+            return  # the user fixed the size; keep it
+        size = max_datagram_to(self._endpoint.sock.family, self.remote_address)
+        if size < self._machine._max_datagram_size:
+            self._machine._max_datagram_size = size
+
+    @property
+    def max_datagram_size(self) -> int:
+        """The largest datagram this connection sends now."""
+        return int(self._machine._max_datagram_size)
 
     def datagram_received(self, data: bytes, addr: Any, now: float) -> None:
         """Feed one datagram; the caller calls :meth:`_process_received` once

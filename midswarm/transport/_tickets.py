@@ -31,7 +31,7 @@ def _ticket_from_plain(p: list[object]) -> SessionTicket:
     import datetime
 
     def ts(x: object) -> datetime.datetime:
-        return datetime.datetime.fromtimestamp(float(x), datetime.timezone.utc)  # type: ignore[arg-type]
+        return datetime.datetime.fromtimestamp(float(x), datetime.UTC)  # type: ignore[arg-type]
 
     return SessionTicket(
         age_add=p[0], cipher_suite=CipherSuite(p[1]), not_valid_after=ts(p[2]),

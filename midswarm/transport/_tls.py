@@ -146,7 +146,7 @@ def _issue(cn: str, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificat
            *, server: bool, sans: list[x509.GeneralName]) -> tuple[
                ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server else \
         x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
@@ -206,7 +206,7 @@ def make_dev_certs(directory: _PathLike, agents: list[str] | tuple[str, ...] = (
         ca_key = loaded
     else:
         ca_key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         ca_cert = (
             x509.CertificateBuilder()
             .subject_name(_name("midswarm development CA"))
