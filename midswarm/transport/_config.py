@@ -54,6 +54,10 @@ class QuicConfig:
     idle_timeout: float = attrs.field(default=300.0, validator=_positive)
     #: Seconds :func:`connect_quic` waits for the handshake before giving up.
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Send bursts of datagrams with UDP generic segmentation offload (one
+    #: ``sendmsg`` for up to 64 datagrams) where the kernel supports it; falls
+    #: back to one send per datagram by itself.
+    gso: bool = True
     #: ALPN protocol we offer and require.
     alpn: str = "midswarm/1"
     #: First RTT estimate before any sample (aioquic's default, 100 ms, slows loopback

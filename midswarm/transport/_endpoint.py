@@ -20,6 +20,8 @@ import dataclasses
 import errno
 import logging
 import socket
+import struct
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -51,6 +53,9 @@ _MIN_INITIAL_SIZE = 1200
 _RECV_BATCH = 256
 _SOCKET_BUFFER = 4 << 20
 _INTERNAL_ERROR = 0x3
+_UDP_SEGMENT = 103  # Linux; the socket module does not name it
+_GSO_MAX_SEGMENTS = 64
+_GSO_MAX_BYTES = 65000
 
 
 def _tune_socket(sock: socket.socket) -> None:
@@ -66,7 +71,7 @@ def _tune_socket(sock: socket.socket) -> None:
 class _Endpoint:
     """One UDP socket and the connections behind it."""
 
-    def __init__(self, sock: socket.socket, *, connected: bool) -> None:
+    def __init__(self, sock: socket.socket, *, connected: bool, gso: bool = True) -> None:
         self.sock = sock
         self._connected = connected
         self.routes: dict[bytes, QuicConnection] = {}
@@ -76,6 +81,8 @@ class _Endpoint:
         self.on_refused: Callable[[], None] | None = None
         #: Set when the kernel refused a datagram as too large for the path.
         self.oversized = False
+        #: Send runs of datagrams with one GSO ``sendmsg`` (Linux UDP_SEGMENT).
+        self.gso = gso and hasattr(socket, "SOL_UDP") and sys.platform == "linux"
 
     # --- sending ------------------------------------------------------------------
 
@@ -85,8 +92,16 @@ class _Endpoint:
             return
         sock = self.sock
         connected = self._connected
-        for i, (data, addr) in enumerate(datagrams):
+        n = len(datagrams)
+        i = 0
+        while i < n:
+            data, addr = datagrams[i]
             try:
+                if self.gso and n - i > 1:
+                    sent = self._send_segmented(datagrams, i)
+                    if sent:
+                        i += sent
+                        continue
                 if connected:
                     sock.send(data)
                 else:
@@ -101,6 +116,42 @@ class _Endpoint:
                 if exc.errno == errno.EMSGSIZE:
                     self.oversized = True
                 self._socket_error(exc)
+            i += 1
+
+    def _send_segmented(self, datagrams: list[tuple[bytes, Any]], start: int) -> int:
+        """Send a run of same-size datagrams to one address in one ``sendmsg``
+        with UDP generic segmentation offload; the kernel cuts it into
+        datagrams.  Returns how many were sent, 0 if the run is too short or
+        the kernel refuses GSO (then GSO is switched off for good)."""
+        size = len(datagrams[start][0])
+        addr = datagrams[start][1]
+        end = start + 1
+        total = size
+        n = len(datagrams)
+        while (end < n and end - start < _GSO_MAX_SEGMENTS and datagrams[end][1] == addr
+               and total + size <= _GSO_MAX_BYTES):
+            length = len(datagrams[end][0])
+            if length > size:
+                break
+            total += length
+            end += 1
+            if length < size:
+                break  # only the last segment may be shorter
+        if end - start < 2:
+            return 0
+        payload = b"".join(d for d, _ in datagrams[start:end])
+        control = [(socket.SOL_UDP, _UDP_SEGMENT, struct.pack("=H", size))]
+        try:
+            if self._connected:
+                self.sock.sendmsg([payload], control)
+            else:
+                self.sock.sendmsg([payload], control, 0, addr)
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                self.gso = False  # no offload on this path: plain sends from now on
+                return 0
+            raise
+        return end - start
 
     def _socket_error(self, exc: OSError) -> None:
         if exc.errno == errno.ECONNREFUSED and self.on_refused is not None:
@@ -247,7 +298,7 @@ async def serve_quic(
     try:
         sock.bind((host, port))
         _tune_socket(sock)
-        endpoint = _Endpoint(sock, connected=False)
+        endpoint = _Endpoint(sock, connected=False, gso=cfg.gso)
         tickets = _ServerTickets()
         supported = list(qconf.supported_versions)
 
@@ -388,7 +439,7 @@ async def connect_quic(
             session_ticket_handler=session_tickets.add if session_tickets is not None
             else None,
         )
-        endpoint = _Endpoint(sock, connected=True)
+        endpoint = _Endpoint(sock, connected=True, gso=cfg.gso)
         conn = QuicConnection(endpoint, machine, cfg, addr, is_client=True)
 
         def refused() -> None:

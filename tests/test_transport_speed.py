@@ -1,0 +1,205 @@
+"""Behaviour that the transport's speed work changed: large and discovered
+datagram sizes, UDP GSO and its fallback, write coalescing across streams,
+burst accepts."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+
+from midswarm.transport import (
+    MAX_DATAGRAM_SIZE,
+    ClientTLS,
+    ConnectionClosed,
+    MessageStream,
+    QuicConfig,
+    QuicConnection,
+    QuicStream,
+    ServerTLS,
+    connect_quic,
+    serve_quic,
+)
+from midswarm.transport._endpoint import _Endpoint
+
+
+async def _digest_handler(conn: QuicConnection) -> None:
+    """Reads one stream to its end, answers with the SHA-256 of what it read."""
+    stream = await conn.accept_stream()
+    h = hashlib.sha256()
+    while data := await stream.receive_some():
+        h.update(data)
+    await stream.send_all(h.digest())
+    await stream.send_eof()
+
+
+async def _send_and_digest(certs: Path, config: QuicConfig, payload: bytes) -> tuple[bytes, int]:
+    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            listener = await nursery.start(
+                functools.partial(serve_quic, _digest_handler, 0, tls=tls, config=config))
+            async with connect_quic("127.0.0.1", listener.port, tls=ClientTLS(certs / "ca.pem"),
+                                    config=config) as conn:
+                size = conn.max_datagram_size
+                stream = await conn.open_stream()
+                await stream.send_all(payload)
+                await stream.send_eof()
+                digest = b""
+                while data := await stream.receive_some():
+                    digest += data
+            nursery.cancel_scope.cancel()
+    return digest, size
+
+
+@pytest.mark.parametrize("config", [
+    QuicConfig(max_datagram_size=MAX_DATAGRAM_SIZE),
+    QuicConfig(max_datagram_size=1452, gso=True),
+    QuicConfig(max_datagram_size=1452, gso=False),
+    QuicConfig(),  # discovered from the path
+], ids=["16383", "1452-gso", "1452-no-gso", "discovered"])
+async def test_bulk_transfer_is_intact(certs: Path, config: QuicConfig) -> None:
+    payload = os.urandom(3 << 20)
+    digest, size = await _send_and_digest(certs, config, payload)
+    assert digest == hashlib.sha256(payload).digest()
+    if config.max_datagram_size is not None:
+        assert size == config.max_datagram_size
+    else:
+        # Loopback's MTU is 65536: the discovered size is our ceiling.
+        assert size == MAX_DATAGRAM_SIZE
+
+
+def test_datagram_size_bounds_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_datagram_size"):
+        QuicConfig(max_datagram_size=MAX_DATAGRAM_SIZE + 1)
+    with pytest.raises(ValueError, match="max_datagram_size"):
+        QuicConfig(max_datagram_size=1199)
+
+
+def _udp_pair() -> tuple[socket.socket, socket.socket]:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(5)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.connect(receiver.getsockname())
+    sender.setblocking(False)
+    return sender, receiver
+
+
+def _receive(receiver: socket.socket, count: int) -> list[bytes]:
+    return [receiver.recv(65536) for _ in range(count)]
+
+
+def test_gso_sends_a_run_as_separate_datagrams() -> None:
+    sender, receiver = _udp_pair()
+    with sender, receiver:
+        endpoint = _Endpoint(sender, connected=True, gso=True)
+        datagrams = [(bytes([i]) * 1400, None) for i in range(10)] + [(b"tail", None)]
+        endpoint.send_datagrams(datagrams)
+        assert endpoint.gso, "loopback on Linux supports UDP_SEGMENT"
+        assert _receive(receiver, 11) == [d for d, _ in datagrams]
+
+
+class _NoGsoSocket(socket.socket):
+    """A socket whose kernel path refuses segmentation offload."""
+
+    def sendmsg(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.EIO, "no GSO here")
+
+
+def test_gso_falls_back_to_plain_sends() -> None:
+    _, receiver = _udp_pair()
+    sender = _NoGsoSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.connect(receiver.getsockname())
+    sender.setblocking(False)
+    with sender, receiver:
+        endpoint = _Endpoint(sender, connected=True, gso=True)
+        datagrams = [(bytes([i]) * 1000, None) for i in range(5)]
+        endpoint.send_datagrams(datagrams)
+        assert not endpoint.gso
+        assert _receive(receiver, 5) == [d for d, _ in datagrams]
+
+
+async def test_many_streams_written_in_one_round_arrive_intact(certs: Path) -> None:
+    """Writes from 500 tasks in the same scheduling round are coalesced into
+    shared datagrams; each stream still gets exactly its own bytes, in order."""
+
+    async def echo(stream: QuicStream) -> None:
+        ms = MessageStream(stream)
+        async for msg in ms:
+            await ms.send_message(msg)
+        await stream.aclose()
+
+    async def handler(conn: QuicConnection) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await conn.accept_stream()
+                    while True:
+                        nursery.start_soon(echo, stream)
+                        stream = conn.accept_stream_nowait()
+                except trio.WouldBlock:
+                    continue
+                except ConnectionClosed:
+                    return
+
+    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
+    config = QuicConfig(max_datagram_size=MAX_DATAGRAM_SIZE)
+    results: dict[int, list[bytes]] = {}
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            listener = await nursery.start(
+                functools.partial(serve_quic, handler, 0, tls=tls, config=config))
+            async with connect_quic("127.0.0.1", listener.port, tls=ClientTLS(certs / "ca.pem"),
+                                    config=config) as conn:
+
+                async def one(i: int) -> None:
+                    ms = MessageStream(await conn.open_stream())
+                    got = []
+                    for j in range(5):
+                        await ms.send_message(f"{i}:{j}".encode() * 10)
+                        got.append(await ms.receive_message())
+                    await ms.send_eof()
+                    results[i] = got
+
+                async with trio.open_nursery() as streams:
+                    for i in range(500):
+                        streams.start_soon(one, i)
+            nursery.cancel_scope.cancel()
+    assert results == {i: [f"{i}:{j}".encode() * 10 for j in range(5)] for i in range(500)}
+
+
+async def test_accept_stream_nowait(certs: Path) -> None:
+    accepted: list[int] = []
+    done = trio.Event()
+
+    async def handler(conn: QuicConnection) -> None:
+        first = await conn.accept_stream()
+        accepted.append(first.stream_id)
+        await trio.sleep(0.2)  # let the rest of the burst arrive
+        while True:
+            try:
+                accepted.append(conn.accept_stream_nowait().stream_id)
+            except trio.WouldBlock:
+                break
+        done.set()
+        await trio.sleep_forever()
+
+    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            listener = await nursery.start(functools.partial(serve_quic, handler, 0, tls=tls))
+            async with connect_quic("127.0.0.1", listener.port,
+                                    tls=ClientTLS(certs / "ca.pem")) as conn:
+                for _ in range(20):
+                    stream = await conn.open_stream()
+                    await stream.send_all(b"x")
+                await done.wait()
+            nursery.cancel_scope.cancel()
+    assert sorted(accepted) == [4 * i for i in range(20)]
