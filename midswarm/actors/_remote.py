@@ -40,7 +40,6 @@ carries garbage, every pending ask fails at once with
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -368,12 +367,14 @@ class RemoteActorRef(ActorRef):
         # finds it.
         self._pending[ask_id] = reply
         try:
-            with trio.move_on_after(math.inf if timeout is None else timeout):
+            if timeout is None:
+                await self._enqueue(data)
+                return await reply.wait()
+            with trio.move_on_after(timeout):
                 await self._enqueue(data)
                 return await reply.wait()
         finally:
             self._pending.pop(ask_id, None)
-        assert timeout is not None
         raise AskTimeout(self.name, timeout)
 
     async def _write_requests(self) -> None:
@@ -394,8 +395,13 @@ class RemoteActorRef(ActorRef):
 
     async def _read_replies(self) -> None:
         reason = "the serving side closed the stream"
+        receive = self._stream.receive_message
         try:
-            async for raw in self._stream:
+            while True:
+                try:
+                    raw = await receive()
+                except trio.EndOfChannel:
+                    break
                 reply = decode(raw, ActorReply)
                 if reply.id == 0:
                     gone = reply.error or BoxedError("stopped", self.name)
@@ -407,8 +413,7 @@ class RemoteActorRef(ActorRef):
                 if waiter is None:
                     continue  # the ask timed out or was cancelled; drop the late reply
                 if reply.ok:
-                    waiter.resolve(outcome.capture(decode_payload, reply.encoding,
-                                                   reply.payload))
+                    waiter.resolve(outcome.Value(decode_payload(reply.encoding, reply.payload)))
                 else:
                     error = reply.error or BoxedError("failed", self.name, "", "no error given")
                     waiter.resolve(outcome.Error(error.unbox()))
