@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -317,7 +317,7 @@ class Coordinator:
 
     async def map(self, tasks: Iterable[Any] | AsyncIterable[Any], *,
                   concurrency: int = 64, ordered: bool = False, timeout: float | None = None,
-                  return_exceptions: bool = False) -> AsyncIterator[Any]:
+                  return_exceptions: bool = False) -> AsyncGenerator[Any, None]:
         """Submit every task and yield the results.
 
         At most ``concurrency`` tasks are submitted at once (and each waits for
@@ -359,6 +359,14 @@ class Coordinator:
                             yield item.unwrap()
         finally:
             scope.cancel()
+
+    async def gather(self, tasks: Iterable[Any] | AsyncIterable[Any], *,
+                     timeout: float | None = None, concurrency: int = 64) -> list[Any]:
+        """Every task's result, in task order (``map(..., ordered=True)`` into a
+        list); raises the first task error.  Shaped like the ``scatter`` a
+        :class:`~midswarm.swarm.ParameterServer` takes."""
+        return [result async for result in self.map(tasks, ordered=True, timeout=timeout,
+                                                    concurrency=concurrency)]
 
     async def _feed(self, tasks: Iterable[Any] | AsyncIterable[Any], concurrency: int,
                     timeout: float | None,

@@ -17,7 +17,14 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Literal
 
@@ -73,7 +80,7 @@ class Swarm:
 
     def map(self, tasks: Iterable[Any] | AsyncIterable[Any], *, concurrency: int = 64,
             ordered: bool = False, timeout: float | None = None,
-            return_exceptions: bool = False) -> AsyncIterator[Any]:
+            return_exceptions: bool = False) -> AsyncGenerator[Any, None]:
         """See :meth:`Coordinator.map`."""
         return self.coordinator.map(tasks, concurrency=concurrency, ordered=ordered,
                                     timeout=timeout, return_exceptions=return_exceptions)
