@@ -297,3 +297,24 @@ async def test_idle_timeout_closes_connection_without_keep_alive(certs: Path) ->
                 with trio.fail_after(5):
                     await server_done.wait()
                 assert not listener.connections
+
+
+async def test_rejected_early_data_is_resent(certs: Path) -> None:
+    """A ticket the server does not know (another server instance issued it): the
+    0-RTT data is refused, the client falls back to a full handshake and the data
+    written before it still arrives, once, in order."""
+    store = SessionTicketStore()
+    with trio.fail_after(20):
+        async with quic_server(echo_handler, certs) as first_server:
+            await _earn_ticket(first_server.port, certs, store)
+        async with quic_server(echo_handler, certs) as other_server:
+            async with connect_quic("127.0.0.1", other_server.port, tls=client_tls(certs),
+                                    session_tickets=store, wait_connected=False) as conn:
+                stream = await conn.open_stream()
+                await stream.send_all(b"early ")
+                await stream.send_all(b"bird")
+                await stream.send_eof()
+                assert await read_to_eof(stream) == b"early bird"
+                await conn.wait_handshake()
+                assert not conn.session_resumed
+                assert not conn.early_data_accepted
