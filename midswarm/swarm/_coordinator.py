@@ -29,8 +29,15 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Iterable,
+    Mapping,
+)
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -46,12 +53,13 @@ from ..actors import (
     SupervisorSpec,
     open_supervisor,
 )
-from ..reasoning import PARAMETER_LIMITS, Verdict
+from ..reasoning import Verdict
 from ..transport import QuicConfig, ServerTLS, serve_quic
 from ._config import CoordinatorConfig, check_parameters
 from ._delivery import Dispatcher
 from ._errors import CoordinatorClosed, TaskTimeout
-from ._learning import Predictions
+from ._learning import LearningCounters, Predictions, route_adaptation
+from ._mapping import map_tasks
 from ._protocol import (
     TASK_AGENT_TYPES,
     AdaptationCommand,
@@ -63,8 +71,9 @@ from ._protocol import (
     Verdicts,
 )
 from ._proxy import Forward, RemoteActor
+from ._records import AgentInfo, AgentRecord, CoordinatorStats
 from ._scatter import PatternShards
-from ._session import AgentSession, proxy_spec, serve_connection
+from ._session import AgentSession, serve_connection
 from ._util import open_service_nursery
 
 __all__ = ["AgentInfo", "Coordinator", "CoordinatorStats", "open_coordinator"]
@@ -72,75 +81,6 @@ __all__ = ["AgentInfo", "Coordinator", "CoordinatorStats", "open_coordinator"]
 log = logging.getLogger("midswarm.swarm")
 
 _WHOLE_PARAMETERS = ("window", "k")
-
-
-@attrs.frozen
-class AgentInfo:
-    """What :attr:`Coordinator.agents` says about one agent.
-
-    ``state`` is ``"connecting"`` (welcomed, its actors not yet taking
-    tasks), ``"connected"``, ``"draining"`` or ``"disconnected"``.
-    ``in_flight`` maps each hosted type to the tasks sent to it and not yet
-    answered; ``completed``/``failed`` count answers and failures (delivery
-    failures included) over all its sessions.  ``restarts`` counts how often
-    the coordinator's supervisor restarted the agent's process (agents it
-    spawned); ``actor_restarts`` how often the agent reported restarting one
-    of its actors; ``sessions`` how many times it connected.
-    """
-
-    agent_id: str
-    types: tuple[str, ...]
-    state: str
-    in_flight: dict[str, int]
-    completed: int
-    failed: int
-    restarts: int
-    actor_restarts: int
-    sessions: int
-    pid: int | None
-    parameters: dict[str, dict[str, Any]]
-    last_disconnect_reason: str
-
-
-@attrs.frozen
-class CoordinatorStats:
-    """Counters since the coordinator started (a snapshot)."""
-
-    submitted: int
-    completed: int
-    failed: int
-    undeliverable: int
-    timed_out: int
-    resent: int
-    duplicates: int
-    late: int
-    in_flight: int
-    patterns: int
-    predictions_pending: int
-    experiences: int
-    verdicts: int
-    adaptations_issued: int
-    adaptations_sent: int
-    adaptations_acked: int
-    adaptations_deferred: int
-
-
-class AgentRecord:
-    """What the coordinator remembers about an agent id, across its sessions."""
-
-    def __init__(self, agent_id: str, types: list[str]) -> None:
-        self.agent_id = agent_id
-        self.types = types
-        self.session: AgentSession | None = None
-        self.sessions = 0
-        self.actor_restarts = 0
-        #: Per type, parameters to send in the next Welcome (adaptations included).
-        self.parameters: dict[str, dict[str, Any]] = {}
-        self.process: Any = None  # a _spawn.SpawnedAgent for agents we spawned
-        self.disconnected_at: float | None = None
-        self.last_end_reason = ""
-        self.completed = 0
-        self.failed = 0
 
 
 class Coordinator:
@@ -166,12 +106,7 @@ class Coordinator:
         self._generation = 0
         self.closing = False
         self.closed = False
-        self._experiences = 0
-        self._verdicts = 0
-        self._adaptations_issued = 0
-        self._adaptations_sent = 0
-        self._adaptations_acked = 0
-        self._adaptations_deferred = 0
+        self._learning = LearningCounters()
 
     # -- public: who is there ------------------------------------------------------------
 
@@ -187,31 +122,8 @@ class Coordinator:
     @property
     def agents(self) -> dict[str, AgentInfo]:
         """Every agent id seen so far, connected or not (a fresh snapshot)."""
-        out = {}
-        for agent_id, record in self._records.items():
-            session = record.session
-            in_flight = {}
-            completed, failed = record.completed, record.failed
-            if session is not None:
-                for agent_type, link in session.links.items():
-                    in_flight[agent_type] = link.in_flight
-                    completed += link.completed
-                    failed += link.failed
-            state = ("disconnected" if session is None else
-                     "draining" if session.draining else
-                     "connected" if session.ready else "connecting")
-            process = record.process
-            out[agent_id] = AgentInfo(
-                agent_id=agent_id, types=tuple(record.types), state=state, in_flight=in_flight,
-                completed=completed, failed=failed,
-                restarts=process.restarts if process is not None else 0,
-                actor_restarts=record.actor_restarts, sessions=record.sessions,
-                pid=(session.pid if session is not None else
-                     process.pid if process is not None else None),
-                parameters={t: dict(p) for t, p in self._parameters_for(
-                    record, record.types).items()},
-                last_disconnect_reason=record.last_end_reason)
-        return out
+        return {agent_id: record.info(self._parameters_for(record, record.types))
+                for agent_id, record in self._records.items()}
 
     @property
     def stats(self) -> CoordinatorStats:
@@ -221,10 +133,7 @@ class Coordinator:
             undeliverable=d.undeliverable, timed_out=d.timed_out, resent=d.resent,
             duplicates=d.duplicates, late=d.late,
             in_flight=self._dispatcher.attempts_in_flight, patterns=len(self._library),
-            predictions_pending=len(self._predictions), experiences=self._experiences,
-            verdicts=self._verdicts, adaptations_issued=self._adaptations_issued,
-            adaptations_sent=self._adaptations_sent, adaptations_acked=self._adaptations_acked,
-            adaptations_deferred=self._adaptations_deferred)
+            predictions_pending=len(self._predictions), **attrs.asdict(self._learning))
 
     def connected(self, agent_type: str | None = None) -> list[str]:
         """Ids of the connected agents (hosting ``agent_type``, if given)."""
@@ -335,30 +244,15 @@ class Coordinator:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         self._check_open()
         assert self._nursery is not None
-        send, receive = trio.open_memory_channel[tuple[int, outcome.Outcome[Any]]](concurrency)
-        scope = trio.CancelScope()
-        self._nursery.start_soon(self._feed, tasks, concurrency, timeout, send, scope)
-        pending: dict[int, outcome.Outcome[Any]] = {}
-        next_index = 0
-        try:
-            async with receive:
-                async for index, result in receive:
-                    if not ordered:
-                        pending = {index: result}
-                        next_index = index
-                    else:
-                        pending[index] = result
-                    while next_index in pending:
-                        item = pending.pop(next_index)
-                        next_index += 1
-                        if isinstance(item, outcome.Error):
-                            if not return_exceptions or index < 0:
-                                raise item.error
-                            yield item.error
-                        else:
-                            yield item.unwrap()
-        finally:
-            scope.cancel()
+
+        def submit(task: Any, limit: float | None) -> Awaitable[Any]:
+            return self.submit(task, timeout=limit)
+
+        async with aclosing(map_tasks(submit, self._nursery, tasks, concurrency=concurrency,
+                                      ordered=ordered, timeout=timeout,
+                                      return_exceptions=return_exceptions)) as results:
+            async for result in results:
+                yield result
 
     async def gather(self, tasks: Iterable[Any] | AsyncIterable[Any], *,
                      timeout: float | None = None, concurrency: int = 64) -> list[Any]:
@@ -367,39 +261,6 @@ class Coordinator:
         :class:`~midswarm.swarm.ParameterServer` takes."""
         return [result async for result in self.map(tasks, ordered=True, timeout=timeout,
                                                     concurrency=concurrency)]
-
-    async def _feed(self, tasks: Iterable[Any] | AsyncIterable[Any], concurrency: int,
-                    timeout: float | None,
-                    send: trio.MemorySendChannel[tuple[int, outcome.Outcome[Any]]],
-                    scope: trio.CancelScope) -> None:
-        slots = trio.Semaphore(concurrency)
-
-        async def one(index: int, task: Any) -> None:
-            try:
-                result: outcome.Outcome[Any] = outcome.Value(
-                    await self.submit(task, timeout=timeout))
-            except Exception as exc:
-                result = outcome.Error(exc)
-            try:
-                await send.send((index, result))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                scope.cancel()  # the consumer is gone
-            slots.release()
-
-        with scope:
-            async with send:
-                try:
-                    async with trio.open_nursery() as nursery:
-                        index = 0
-                        async for task in _aiter(tasks):
-                            await slots.acquire()
-                            nursery.start_soon(one, index, task)
-                            index += 1
-                except Exception as exc:  # the iterable itself raised
-                    try:
-                        await send.send((-1, outcome.Error(exc)))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
 
     # -- public: the pattern library and the learning loop ------------------------------
 
@@ -448,10 +309,10 @@ class Coordinator:
         except BaseException:
             self._predictions.remember(taken.task_id, taken.result, taken.contributors)
             raise
-        self._experiences += len(experiences)
-        self._verdicts += len(verdicts.verdicts)
+        self._learning.experiences += len(experiences)
+        self._learning.verdicts += len(verdicts.verdicts)
         for command in verdicts.adaptations:
-            self._adaptations_issued += 1
+            self._learning.adaptations_issued += 1
             await self._route_adaptation(command)
         return list(verdicts.verdicts)
 
@@ -466,47 +327,9 @@ class Coordinator:
         return await self._route_adaptation(command)
 
     async def _route_adaptation(self, command: AdaptationCommand) -> bool:
-        record = self._records.get(command.agent_id)
-        if record is None:
-            self._adaptations_deferred += 1
-            log.warning("adaptation for unknown agent %r dropped", command.agent_id)
-            return False
-        params = record.parameters.setdefault("pattern_matcher", {})
-        for change in command.changes:
-            limits = PARAMETER_LIMITS.get(change.parameter)
-            if limits is None:
-                continue
-            value = min(max(float(change.suggested), limits[0]), limits[1])
-            params[change.parameter] = (int(round(value)) if change.parameter
-                                        in _WHOLE_PARAMETERS else value)
-        session = record.session
-        link = session.links.get("pattern_matcher") if session is not None else None
-        if session is None or link is None or session.draining:
-            self._adaptations_deferred += 1
-            return False
-        acked = session.expect_ack("adaptation", command.id)
-        try:
-            await session.send_control(command)
-            self._adaptations_sent += 1
-            with trio.move_on_after(self.config.task_timeout):
-                await acked.wait()
-            if not acked.is_set():
-                return False
-            self._adaptations_acked += 1
-            try:
-                current = await self._dispatcher.call(link, "parameters",
-                                                      self.config.task_timeout)
-            except ActorError:
-                return True
-            if isinstance(current, dict):
-                record.parameters["pattern_matcher"] = dict(current)
-            return True
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.warning("adaptation %d for %s not sent: %r", command.id, command.agent_id, exc)
-            self._adaptations_deferred += 1
-            return False
-        finally:
-            session.forget_ack("adaptation", command.id)
+        return await route_adaptation(command, self._records.get(command.agent_id),
+                                      self._dispatcher, self.config.task_timeout,
+                                      self._learning)
 
     async def ask_agent(self, agent_id: str, agent_type: str, msg: Any,
                         timeout: float | None = None) -> Any:
@@ -637,51 +460,6 @@ class Coordinator:
             out[agent_type] = merged
         return out
 
-    async def _session_started(self, session: AgentSession) -> None:
-        assert self._proxies is not None and self._nursery is not None
-        for link in session.links.values():
-            spec = proxy_spec(link, session.number)
-            link.proxy = await self._proxies.start_child(spec)
-            link.proxy_child = spec.name
-        for agent_type, link in session.links.items():
-            if agent_type == "pattern_matcher":
-                continue
-            self._dispatcher.add(link)
-        matcher = session.links.get("pattern_matcher")
-        if matcher is not None:
-            self._dispatcher.add(matcher)  # for pinned calls and credit accounting
-            await self._library.join(matcher)
-            session.record.parameters.setdefault("pattern_matcher", {})
-            try:
-                current = await self._dispatcher.call(matcher, "parameters",
-                                                      self.config.task_timeout)
-                if isinstance(current, dict):
-                    session.record.parameters["pattern_matcher"] = dict(current)
-            except ActorError as exc:
-                log.info("%s did not report its parameters: %s", matcher.name, exc)
-        session.ready = True
-        self._membership_changed()
-
-    async def _session_ended(self, session: AgentSession) -> None:
-        record = session.record
-        for link in session.links.values():
-            self._dispatcher.remove(link)
-            record.completed += link.completed
-            record.failed += link.failed
-            link.completed = link.failed = 0
-        self._membership_changed()
-        if self._proxies is not None:
-            for link in session.links.values():
-                if link.proxy_child is not None:
-                    try:
-                        await self._proxies.stop_child(link.proxy_child)
-                    except (KeyError, ActorError):
-                        pass
-        matcher = session.links.get("pattern_matcher")
-        if matcher is not None:
-            with trio.move_on_after(0 if self.closing else self.config.task_timeout):
-                await self._library.leave(matcher)
-
     def _actor_restarted(self, link: RemoteActor) -> None:
         self._membership_changed()
         if link.agent_type == "pattern_matcher" and self._nursery is not None:
@@ -722,16 +500,6 @@ class Coordinator:
         with trio.move_on_after(self.config.drain_timeout):
             while any(r.session is not None for r in self._records.values()):
                 await self._membership.wait()
-
-
-async def _aiter(tasks: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
-    if isinstance(tasks, AsyncIterable):
-        async for task in tasks:
-            yield task
-    else:
-        for task in tasks:
-            yield task
-            await trio.lowlevel.checkpoint()
 
 
 @asynccontextmanager

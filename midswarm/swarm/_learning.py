@@ -17,17 +17,27 @@ credits every matcher that was asked.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import numpy as np
+import trio
 
-from ..reasoning import PARAMETER_LIMITS, Experience
+from ..actors import ActorError
+from ..reasoning import PARAMETER_LIMITS, AdaptationCommand, Experience
 from ._protocol import PatternMatchResult
 
-__all__ = ["Prediction", "Predictions"]
+if TYPE_CHECKING:
+    from ._delivery import Dispatcher
+    from ._records import AgentRecord
+
+__all__ = ["LearningCounters", "Prediction", "Predictions", "route_adaptation"]
+
+log = logging.getLogger("midswarm.swarm")
 
 ACTION = "pattern_match"
 
@@ -125,3 +135,69 @@ class Predictions:
                 vector=vector if vector.ndim == 1 and vector.size else None,
                 timestamp=timestamp))
         return out
+
+
+@attrs.define
+class LearningCounters:
+    """The learning loop's counters (reported in :class:`CoordinatorStats`)."""
+
+    experiences: int = 0
+    verdicts: int = 0
+    adaptations_issued: int = 0
+    adaptations_sent: int = 0
+    adaptations_acked: int = 0
+    adaptations_deferred: int = 0
+
+
+_WHOLE_PARAMETERS = ("window", "k")
+
+
+async def route_adaptation(command: AdaptationCommand, record: AgentRecord | None,
+                           dispatcher: Dispatcher, timeout: float,
+                           counters: LearningCounters) -> bool:
+    """Send ``command`` to its agent over the control stream and wait for the
+    agent's ack (it acks once its matcher applied the command).
+
+    The suggested values (clamped into the limits) are also kept in the
+    agent's record, so the next welcome carries them if the agent is not
+    connected now or reconnects later.  Returns whether the agent acked.
+    """
+    if record is None:
+        counters.adaptations_deferred += 1
+        log.warning("adaptation for unknown agent %r dropped", command.agent_id)
+        return False
+    params = record.parameters.setdefault("pattern_matcher", {})
+    for change in command.changes:
+        limits = PARAMETER_LIMITS.get(change.parameter)
+        if limits is None:
+            continue
+        value = min(max(float(change.suggested), limits[0]), limits[1])
+        params[change.parameter] = (int(round(value)) if change.parameter
+                                    in _WHOLE_PARAMETERS else value)
+    session = record.session
+    link = session.links.get("pattern_matcher") if session is not None else None
+    if session is None or link is None or session.draining:
+        counters.adaptations_deferred += 1
+        return False
+    acked = session.expect_ack("adaptation", command.id)
+    try:
+        await session.send_control(command)
+        counters.adaptations_sent += 1
+        with trio.move_on_after(timeout):
+            await acked.wait()
+        if not acked.is_set():
+            return False
+        counters.adaptations_acked += 1
+        try:
+            current = await dispatcher.call(link, "parameters", timeout)
+        except ActorError:
+            return True
+        if isinstance(current, dict):
+            record.parameters["pattern_matcher"] = dict(current)
+        return True
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.warning("adaptation %d for %s not sent: %r", command.id, command.agent_id, exc)
+        counters.adaptations_deferred += 1
+        return False
+    finally:
+        session.forget_ack("adaptation", command.id)

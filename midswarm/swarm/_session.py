@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..actors import ChildSpec, remote_ref
+from ..actors import ActorError, ChildSpec, remote_ref
 from ..transport import (
     PROTOCOL_VERSION,
     ConnectionClosed,
@@ -204,14 +204,63 @@ class AgentSession:
                             self.agent_id, agent_type, name, ref, coord.config.credit,
                             nursery, coord._dispatcher.credit_freed)
                     with self._stop:
-                        await coord._session_started(self)
+                        await self.register()
                         nursery.start_soon(self._send_heartbeats)
                         await self._control_loop()
                     self.end(self.end_reason or "session over")
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await coord._session_ended(self)
+                await self.unregister()
+
+    async def register(self) -> None:
+        """Start the proxies, join delivery (and the library, for a matcher)."""
+        coord, session = self.coord, self
+        assert coord._proxies is not None and coord._nursery is not None
+        for link in session.links.values():
+            spec = proxy_spec(link, session.number)
+            link.proxy = await coord._proxies.start_child(spec)
+            link.proxy_child = spec.name
+        for agent_type, link in session.links.items():
+            if agent_type == "pattern_matcher":
+                continue
+            coord._dispatcher.add(link)
+        matcher = session.links.get("pattern_matcher")
+        if matcher is not None:
+            coord._dispatcher.add(matcher)  # for pinned calls and credit accounting
+            await coord._library.join(matcher)
+            session.record.parameters.setdefault("pattern_matcher", {})
+            try:
+                current = await coord._dispatcher.call(matcher, "parameters",
+                                                      coord.config.task_timeout)
+                if isinstance(current, dict):
+                    session.record.parameters["pattern_matcher"] = dict(current)
+            except ActorError as exc:
+                log.info("%s did not report its parameters: %s", matcher.name, exc)
+        session.ready = True
+        coord._membership_changed()
+
+    async def unregister(self) -> None:
+        """Leave delivery and the library; remove the proxies."""
+        coord, session = self.coord, self
+        record = session.record
+        for link in session.links.values():
+            coord._dispatcher.remove(link)
+            record.completed += link.completed
+            record.failed += link.failed
+            link.completed = link.failed = 0
+        coord._membership_changed()
+        if coord._proxies is not None:
+            for link in session.links.values():
+                if link.proxy_child is not None:
+                    try:
+                        await coord._proxies.stop_child(link.proxy_child)
+                    except (KeyError, ActorError):
+                        pass
+        matcher = session.links.get("pattern_matcher")
+        if matcher is not None:
+            with trio.move_on_after(0 if coord.closing else coord.config.task_timeout):
+                await coord._library.leave(matcher)
 
     async def _send_heartbeats(self) -> None:
         interval = self.coord.config.heartbeat_interval
