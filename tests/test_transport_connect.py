@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from midswarm.transport import (
     ClientTLS,
@@ -246,3 +247,27 @@ def test_quic_config_rejects_bad_values(kwargs: dict[str, Any]) -> None:
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=name):
         QuicConfig(**kwargs)
+
+
+async def test_cancelling_connect_during_handshake_cleans_up(certs: Path) -> None:
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as silent:
+        await silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        with trio.fail_after(10):
+            with trio.move_on_after(0.2) as scope:
+                async with connect_quic("127.0.0.1", port, tls=ClientTLS(certs / "ca.pem")):
+                    raise AssertionError("a silent server cannot complete a handshake")
+            assert scope.cancelled_caught
+            # Nothing of the connection is left running in this Trio run.
+            await trio.testing.wait_all_tasks_blocked()
+            root = trio.lowlevel.current_root_task()
+            assert root is not None
+            names = []
+
+            def walk(task: trio.lowlevel.Task) -> None:
+                names.append(task.name)
+                for nursery in task.child_nurseries:
+                    for child in nursery.child_tasks:
+                        walk(child)
+            walk(root)
+            assert not [n for n in names if "midswarm" in n], names

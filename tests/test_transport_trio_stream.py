@@ -130,3 +130,78 @@ async def test_streams_beyond_the_peer_limit_wait_then_flow(certs: Path) -> None
                     await one(i)
             listener.close()
     assert results == {i: f"stream {i}".encode() for i in range(340)}
+
+
+async def test_aborted_streams_give_their_credit_back(certs: Path) -> None:
+    """Streams the client aborts (some before sending a byte) finish on both sides,
+    so the server's limit of 16 open streams is replenished: 400 aborted streams
+    and then an echo on a fresh stream all go through."""
+    config = QuicConfig(max_concurrent_streams=16)
+    resets_seen = 0
+
+    async def handler(conn: QuicConnection) -> None:
+        nonlocal resets_seen
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await conn.accept_stream()
+                except ConnectionClosed:
+                    return
+
+                async def serve(stream: QuicStream = stream) -> None:
+                    nonlocal resets_seen
+                    try:
+                        data = await stream.receive_some()
+                        if data == b"echo":
+                            await stream.send_all(data)
+                            await stream.send_eof()
+                        else:
+                            while await stream.receive_some():
+                                pass
+                    except trio.BrokenResourceError:
+                        resets_seen += 1
+                nursery.start_soon(serve)
+
+    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            listener: QuicListener = await nursery.start(
+                functools.partial(serve_quic, handler, 0, tls=tls, config=config))
+            async with connect_quic("127.0.0.1", listener.port,
+                                    tls=ClientTLS(certs / "ca.pem")) as conn:
+                for i in range(400):
+                    stream = await conn.open_stream()
+                    if i % 2:
+                        await stream.send_all(b"some data")
+                    await stream.abort(0x10 + i % 7)
+                stream = await conn.open_stream()
+                await stream.send_all(b"echo")
+                assert await stream.receive_some() == b"echo"
+                assert await stream.receive_some() == b""
+            listener.close()
+    assert resets_seen > 0
+
+
+async def test_stream_with_only_fin_is_accepted(certs: Path) -> None:
+    """A stream the client opens and closes without writing reaches accept_stream
+    (its FIN is its first frame) and reads as empty."""
+    async def handler(conn: QuicConnection) -> None:
+        stream = await conn.accept_stream()
+        assert await stream.receive_some() == b""
+        await stream.send_all(b"empty")
+        await stream.send_eof()
+        with trio.move_on_after(10):
+            await conn.accept_stream()  # until the client leaves
+
+    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listener: QuicListener = await nursery.start(
+                functools.partial(serve_quic, handler, 0, tls=tls))
+            async with connect_quic("127.0.0.1", listener.port,
+                                    tls=ClientTLS(certs / "ca.pem")) as conn:
+                stream = await conn.open_stream()
+                await stream.send_eof()
+                assert await stream.receive_some() == b"empty"
+                assert await stream.receive_some() == b""
+            listener.close()
