@@ -21,6 +21,7 @@ from midswarm.actors import (
     open_supervisor,
     plan_exit,
 )
+from midswarm.actors._rules import RestartHistory
 
 NO_BACKOFF = Backoff(initial=0)
 
@@ -282,6 +283,19 @@ def test_plan_table_examples() -> None:
     plan = plan_exit("one_for_all", types, [True, True, True, False], 0, "normal")
     assert plan.stop == (2, 1) and plan.remove == (1,) and plan.start == (0, 2, 3)
     assert not plan_exit("one_for_one", types, running, 2, "normal").restart
+
+
+def test_restart_history_window_is_half_open() -> None:
+    history = RestartHistory(max_restarts=2, within=5.0)
+    history.record(0.0)
+    history.record(1.0)
+    assert history.exceeded_by_one_more(4.5)
+    # A restart exactly `within` seconds old has left the window (now - within, now].
+    assert not history.exceeded_by_one_more(5.0)
+    history.record(5.0)
+    assert len(history) == 2
+    assert history.exceeded_by_one_more(5.5)
+    assert RestartHistory(max_restarts=0, within=1.0).exceeded_by_one_more(0.0)
 
 
 async def test_start_failure_during_restart_is_retried(autojump_clock: Any) -> None:

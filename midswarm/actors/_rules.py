@@ -43,13 +43,13 @@ the same rules so that a mistake here shows up as a disagreement there.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Literal
 
 import attrs
 
-__all__ = ["ExitKind", "RESTART_AFTER", "Plan", "plan_exit", "prune_history",
-           "intensity_exceeded"]
+__all__ = ["ExitKind", "RESTART_AFTER", "Plan", "plan_exit", "RestartHistory"]
 
 ExitKind = Literal["normal", "failure"]
 
@@ -115,12 +115,33 @@ def plan_exit(strategy: str, restart_types: Sequence[str], running: Sequence[boo
                 start=tuple(start))
 
 
-def prune_history(history: Sequence[float], now: float, within: float) -> list[float]:
-    """The restart times still inside the intensity window ``(now - within, now]``."""
-    return [t for t in history if t > now - within]
+class RestartHistory:
+    """Restart times inside the intensity window, for rule 4.
 
+    Holds at most ``max_restarts`` times (one more restart than that escalates,
+    so older ones can never matter), and drops times as they leave the window
+    ``(now - within, now]``: each check is O(1) amortised.
+    """
 
-def intensity_exceeded(history: Sequence[float], now: float, max_restarts: int,
-                       within: float) -> bool:
-    """Would one more restart at ``now`` exceed ``max_restarts`` within ``within``?"""
-    return len(prune_history(history, now, within)) + 1 > max_restarts
+    def __init__(self, max_restarts: int, within: float) -> None:
+        self.max_restarts = max_restarts
+        self.within = within
+        self._times: deque[float] = deque()
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def _prune(self, now: float) -> None:
+        times = self._times
+        while times and times[0] <= now - self.within:
+            times.popleft()
+
+    def exceeded_by_one_more(self, now: float) -> bool:
+        """Would one more restart at ``now`` exceed ``max_restarts`` within ``within``?"""
+        self._prune(now)
+        return len(self._times) + 1 > self.max_restarts
+
+    def record(self, now: float) -> None:
+        """Count a restart at ``now`` (after :meth:`exceeded_by_one_more` said no)."""
+        self._prune(now)
+        self._times.append(now)

@@ -48,7 +48,7 @@ from ._child import (
     settle_unhandled,
 )
 from ._errors import ActorError, ActorFailed, ActorStopped, RestartIntensityExceeded
-from ._rules import ExitKind, intensity_exceeded, plan_exit, prune_history
+from ._rules import ExitKind, RestartHistory, plan_exit
 from ._spec import (
     Backoff,
     ChildSpec,
@@ -110,7 +110,7 @@ class Supervisor:
         self._running = False
         self._stopping = False
         self._escalation: RestartIntensityExceeded | None = None
-        self._history: list[float] = []
+        self._history = RestartHistory(self.max_restarts, self.within)
         self._groups: list[_Group] = []
 
     # ----------------------------------------------------------------- public
@@ -326,7 +326,7 @@ class Supervisor:
         self._events_send = send
         self._stopping = False
         self._escalation = None
-        self._history = []
+        self._history = RestartHistory(self.max_restarts, self.within)
         self._groups = []
         start_failure: ActorFailed | None = None
         result: RestartIntensityExceeded | None = None
@@ -394,10 +394,10 @@ class Supervisor:
                          if failure is None else "it failed and is not restarted")
             return
         now = trio.current_time()
-        if intensity_exceeded(self._history, now, self.max_restarts, self.within):
+        if self._history.exceeded_by_one_more(now):
             await self._escalate(child, failure)
             return
-        self._history = prune_history(self._history, now, self.within) + [now]
+        self._history.record(now)
         if self.backoff is not None and ran_for >= self.backoff.reset_after:
             child.backoff_attempts = 0
         child.backoff_attempts += 1
