@@ -201,6 +201,9 @@ async def test_nested_escalation_is_handled_by_parent_strategy() -> None:
         failed_inner = [e for e in fam.events if e.kind == "failed" and e.child == "inner"][0]
         assert isinstance(failed_inner.exception, ActorFailed)
         assert failed_inner.exception.exc_type == "midswarm.actors.RestartIntensityExceeded"
+        # A (re)started nested supervisor reports the children it starts.
+        started = [e.child for e in fam.events if e.kind == "started" and e.supervisor == "inner"]
+        assert started == ["y1", "y2", "y1", "y2"]
         # The ref taken before the restart reaches the new instance.
         assert await y2.ask("instance") == 2
         assert [c.restarts for c in sup.children()] == [0, 1, 1]

@@ -223,10 +223,10 @@ class SupervisionEvent:
     kind: EventKind
     child: str
     supervisor: str
-    time: float
     exception: ActorError | None = None
     restart_count: int = 0
     delay: float | None = None
+    time: float = 0.0
     message: Any = None
 
 

@@ -213,8 +213,8 @@ class Supervisor:
               delay: float | None = None, message: Any = None) -> None:
         if self._observer is None:
             return
-        event = SupervisionEvent(kind, child.name, self.name, trio.current_time(), exception,
-                                 child.restarts, delay, message)
+        event = SupervisionEvent(kind, child.name, self.name, exception, child.restarts, delay,
+                                 trio.current_time(), message)
         try:
             self._observer(event)
         except Exception:  # a broken observer must not break supervision
@@ -340,6 +340,7 @@ class Supervisor:
                         if start_failure is not None:
                             await self._stop_all()
                             break
+                        self._emit("started", child)
                 if start_failure is None:
                     self._running = True
                     started.started()
