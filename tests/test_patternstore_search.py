@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,20 +14,19 @@ from midswarm.reasoning import Hit, PatternStore
 
 def brute_force(vectors: dict[int, np.ndarray], q: np.ndarray, k: int, metric: str,
                 keep=lambda i: True) -> list[tuple[int, float]]:
-    """The reference answer: score everything in float64, sort, take k."""
-    scored = []
-    for ident, v in vectors.items():
-        if not keep(ident):
-            continue
-        v64, q64 = v.astype(np.float64), q.astype(np.float64)
-        if metric == "cosine":
-            score = float(v64 @ q64 / np.linalg.norm(v64) / np.linalg.norm(q64))
-            scored.append((-score, ident, score))
-        else:
-            score = float(np.linalg.norm(v64 - q64))
-            scored.append((score, ident, score))
-    scored.sort()
-    return [(ident, score) for _, ident, score in scored[:k]]
+    """The reference answer: score everything in float64, sort (ties by id), take k."""
+    ids = np.array([i for i in sorted(vectors) if keep(i)], np.int64)
+    if len(ids) == 0:
+        return []
+    x = np.stack([vectors[i] for i in ids]).astype(np.float64)
+    q64 = np.asarray(q, np.float64)
+    if metric == "cosine":
+        scores = x @ q64 / np.linalg.norm(x, axis=1) / np.linalg.norm(q64)
+        order = np.lexsort((ids, -scores))[:k]
+    else:
+        scores = np.linalg.norm(x - q64, axis=1)
+        order = np.lexsort((ids, scores))[:k]
+    return [(int(ids[i]), float(scores[i])) for i in order]
 
 
 def assert_matches(hits: list[Hit], expected: list[tuple[int, float]]) -> None:
@@ -63,10 +64,19 @@ def test_cosine_scores_are_similarities_l2_scores_are_distances(tmp_path):
         (0, 1.0), (1, round(8 ** 0.5, 6)), (2, 5.0)]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_random_adds_deletes_upserts_match_a_model(tmp_path_factory, data):
-    """Any sequence of writes leaves search equal to brute force over a dict model."""
+    """Any sequence of writes leaves search equal to brute force over a dict model.
+
+    Half the runs force the int8-bounded scan (normally only used for large stores).
+    """
+    bounded = data.draw(st.booleans())
+    with mock.patch("midswarm.reasoning._vectors._EXACT_BELOW", 0 if bounded else 4096):
+        _model_run(tmp_path_factory, data)
+
+
+def _model_run(tmp_path_factory, data) -> None:
     path = tmp_path_factory.mktemp("model") / "p.db"
     metric = data.draw(st.sampled_from(["cosine", "l2"]))
     seed = data.draw(st.integers(0, 2**32 - 1))
@@ -226,3 +236,42 @@ def test_growth_past_initial_capacity_keeps_rows_and_metadata(tmp_path, rng):
     assert len(store) == 3500
     q = rng.standard_normal(4).astype(np.float32)
     assert_matches(store.search(q, 10, where={"b": True}), brute_force(model, q, 10, "cosine"))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("data_kind", ["gaussian", "clustered", "spiky", "offset", "ties"])
+def test_bounded_scan_is_exact_on_hard_data(tmp_path, metric, data_kind):
+    """Large stores take the int8-bounded path; it must still return the exact top-k."""
+    rng = np.random.default_rng(hash(data_kind) % 2**32)
+    n, d = 12_000, 24
+    if data_kind == "gaussian":
+        vecs = rng.standard_normal((n, d))
+    elif data_kind == "clustered":  # many near-duplicates: scores crowd the boundary
+        vecs = rng.standard_normal((20, d))[rng.integers(0, 20, n)]
+        vecs += 1e-3 * rng.standard_normal((n, d))
+    elif data_kind == "spiky":  # one huge component makes the int8 grid coarse
+        vecs = rng.standard_normal((n, d))
+        vecs[:, 0] *= 1000
+    elif data_kind == "offset":  # large norms: L2 keys cancel heavily
+        vecs = 1000 + rng.standard_normal((n, d))
+    else:  # exact duplicates: ties broken by id
+        vecs = np.repeat(rng.standard_normal((n // 100, d)), 100, axis=0)
+    vecs = vecs.astype(np.float32)
+    store = PatternStore(tmp_path / "p.db", d, metric)
+    groups = rng.integers(0, 3, n)
+    store.add(vecs, [{"g": int(g)} for g in groups])
+    model = dict(enumerate(vecs))
+    queries = list(rng.standard_normal((6, d)).astype(np.float32)) + [vecs[5], vecs[77] + 1e-4]
+    for q in queries:
+        for k, where in ((1, None), (10, None), (50, None), (10, {"g": {"$ne": 0}})):
+            bounded = store.search(q, k, where=where)
+            with mock.patch("midswarm.reasoning._vectors._EXACT_BELOW", 10**9):
+                exhaustive = store.search(q, k, where=where)
+            # The bounded scan returns exactly what scoring every row returns...
+            assert bounded == exhaustive
+            # ...which is the float64 answer up to the float32 storage of the vectors.
+            keep = (lambda i: True) if where is None else (lambda i: groups[i] != 0)
+            expected = brute_force(model, q, k, metric, keep=keep)
+            np.testing.assert_allclose([h.score for h in bounded], [s for _, s in expected],
+                                       rtol=1e-5, atol=1e-5)
+            assert where is None or all(groups[h.id] != 0 for h in bounded)

@@ -208,3 +208,29 @@ def test_readonly_bank_cannot_issue_commands(tmp_path, bank):
         reader.suggest("pm-1")
     assert reader.judge(outcome(False)).suggested_changes  # reading the history is fine
     reader.close()
+
+
+def test_cached_history_agrees_with_a_fresh_read_of_the_file(tmp_path, clock):
+    """The writer keeps agent histories in memory; a reader rebuilds them from SQLite.
+
+    Over a random run of outcomes, reports and commands, both propose the same.
+    """
+    rnd = random.Random(77)
+    writer = ReasoningBank(tmp_path / "bank.db", clock=clock)
+    reader = ReasoningBank(tmp_path / "bank.db", clock=clock, readonly=True)
+    miss = outcome(False)
+    issued = 0
+    for step in range(400):
+        context = {}
+        if rnd.random() < 0.05:
+            context["similarity_threshold"] = rnd.choice([0.6, 0.7, 0.9])
+        if rnd.random() < 0.05:
+            context["k"] = rnd.choice([5, 10])
+        hit_rate = 0.2 if (step // 100) % 2 == 0 else 0.9
+        writer.record(outcome(rnd.random() < hit_rate, **context))
+        assert writer.judge(miss).suggested_changes == reader.judge(miss).suggested_changes
+        if rnd.random() < 0.1:
+            issued += writer.suggest("pm-1") is not None
+    assert issued >= 5
+    reader.close()
+    writer.close()

@@ -27,15 +27,10 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ._adapt import (
-    MIN_OUTCOMES,
-    OUTCOME_WINDOW,
-    check_parameters,
-    propose,
-    resolve_parameters,
-)
+from ._adapt import check_parameters
 from ._bank_schema import KIND, MIGRATIONS, SCHEMA_VERSION, create_v2
 from ._distill import situation_key
+from ._history import AgentHistory, load_history
 from ._judge import (
     ADAPT_BELOW,
     DISTILL_ABOVE,
@@ -114,6 +109,7 @@ class ReasoningBank:
         self._min_support = min_support
         self._closed = False
         self._cache: _ItemCache | None = None
+        self._histories: dict[str, AgentHistory] = {}
         self._db = Database(path, kind=KIND, version=SCHEMA_VERSION, create=create_v2,
                             migrations=MIGRATIONS, readonly=readonly, synchronous=synchronous)
         self._dim = int(self._db.meta().get("dim", 0))
@@ -134,9 +130,9 @@ class ReasoningBank:
         if score < ADAPT_BELOW:
             with self._lock:
                 self._sync()
-                proposal = self._proposal(checked.agent_id, None)
+                proposal = self._history(checked.agent_id).proposal(None)
             if proposal is not None:
-                changes = proposal[0]
+                changes = proposal.changes
         return Verdict(score=score, should_adapt=score < ADAPT_BELOW, learn=score > LEARN_ABOVE,
                        distill=score > DISTILL_ABOVE, suggested_changes=changes,
                        confidence=abs(2.0 * score - 1.0))
@@ -179,6 +175,9 @@ class ReasoningBank:
             assert e.vector is not None
             self._dim = len(e.vector)
         assert cur.lastrowid is not None
+        history = self._histories.get(e.agent_id)
+        if history is not None:
+            history.observe(cur.lastrowid, e.hit, e.context)
         return cur.lastrowid
 
     def get_experience(self, id: int) -> Experience:
@@ -219,47 +218,36 @@ class ReasoningBank:
         with self._lock:
             self._writable()
             self._sync()
+            history = self._history(agent_id)
+            proposal = history.proposal(explicit)
+            if proposal is None:
+                return None
+            params = dict(proposal.parameters)
+            params.update({c.parameter: c.suggested for c in proposal.changes})
+            now = self._clock()
             with self._db.transaction() as conn:
-                proposal = self._proposal(agent_id, explicit)
-                if proposal is None:
-                    return None
-                changes, reason, rate, outcomes, last_id, params = proposal
-                params.update({c.parameter: c.suggested for c in changes})
-                now = self._clock()
                 cur = conn.execute(
                     "INSERT INTO adaptations (agent_id, issued_at, last_experience, changes, "
                     "parameters, reason, success_rate, outcomes) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (agent_id, now, last_id, json.dumps([attrs.asdict(c) for c in changes]),
-                     json.dumps(params), reason, rate, outcomes))
+                    (agent_id, now, proposal.last_experience,
+                     json.dumps([attrs.asdict(c) for c in proposal.changes]),
+                     json.dumps(params), proposal.reason, proposal.success_rate,
+                     proposal.outcomes))
+            history.commanded(params)
             assert cur.lastrowid is not None
-            return AdaptationCommand(id=cur.lastrowid, agent_id=agent_id, changes=changes,
-                                     reason=reason, success_rate=rate, outcomes=outcomes,
-                                     issued_at=now)
+            return AdaptationCommand(id=cur.lastrowid, agent_id=agent_id,
+                                     changes=proposal.changes, reason=proposal.reason,
+                                     success_rate=proposal.success_rate,
+                                     outcomes=proposal.outcomes, issued_at=now)
 
-    def _proposal(self, agent_id: str, explicit: Mapping[str, float] | None
-                  ) -> tuple[list[ParameterChange], str, float, int, int, dict[str, float]
-                             ] | None:
+    def _history(self, agent_id: str) -> AgentHistory:
         if not isinstance(agent_id, str) or not agent_id:
             raise ValueError(f"agent_id must be a non-empty str, got {agent_id!r}")
-        conn = self._db.conn
-        last = conn.execute(
-            "SELECT last_experience, parameters FROM adaptations WHERE agent_id = ? "
-            "ORDER BY id DESC LIMIT 1", (agent_id,)).fetchone()
-        after = last[0] if last else 0
-        rows = conn.execute(
-            "SELECT id, hit, context FROM experiences WHERE agent_id = ? AND id > ? "
-            "ORDER BY id DESC LIMIT ?", (agent_id, after, OUTCOME_WINDOW)).fetchall()
-        if len(rows) < MIN_OUTCOMES:
-            return None
-        rate = sum(hit for _, hit, _ in rows) / len(rows)
-        last_parameters = json.loads(last[1]) if last else {}
-        params = resolve_parameters(explicit, (json.loads(c) for _, _, c in rows),
-                                    last_parameters)
-        decided = propose(rate, len(rows), params)
-        if decided is None:
-            return None
-        return decided[0], decided[1], rate, len(rows), rows[0][0], params
+        history = self._histories.get(agent_id)
+        if history is None:
+            history = self._histories[agent_id] = load_history(self._db.conn, agent_id)
+        return history
 
     # -- memory ---------------------------------------------------------------------
 
@@ -357,8 +345,10 @@ class ReasoningBank:
                 return []
             units = cache.units if outcome is None else cache.units[rows]
             when = self._clock() if now is None else float(now)
-            scores = relevance(units @ (q / norm).astype(np.float32), when - cache.updated[rows],
-                               cache.confidence[rows], weights)
+            # einsum, not BLAS: a threaded gemv stalls when other processes hold the cores.
+            cosines = np.einsum("ij,j->i", units, (q / norm).astype(np.float32))
+            scores = relevance(cosines, when - cache.updated[rows], cache.confidence[rows],
+                               weights)
             picked = [int(rows[i]) for i in mmr_select(units, scores, k, mmr_lambda)]
             items = [cache.items[i] for i in picked]
             if not self._db.readonly:
@@ -457,6 +447,7 @@ class ReasoningBank:
         if version != self._data_version:
             self._data_version = version
             self._cache = None
+            self._histories.clear()
             self._dim = int(self._db.meta().get("dim", 0))
 
 

@@ -4,6 +4,9 @@ Version 2 (current):
 
 * ``experiences``: one row per recorded experience, with its judged ``score``,
   ``hit`` (direction right), ``situation`` key and, once distilled, ``region``.
+  Experiences are never deleted, so ids are never reused; distillation
+  handles them in id order and keeps its progress in the ``distilled_through``
+  meta value.  Recording touches the table and one index only.
 * ``regions``: groups of similar experience vectors within a situation; the
   ``centroid`` blob is the float64 sum of the members' unit vectors (NULL for
   the one vector-less region a situation may have).
@@ -37,7 +40,7 @@ SCHEMA_VERSION = 2
 
 _V1_TABLES = """
 CREATE TABLE experiences (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     agent_id TEXT NOT NULL,
     action TEXT NOT NULL,
     expected REAL NOT NULL,
@@ -64,8 +67,7 @@ CREATE TABLE memory (
 """
 
 _V2_NEW_TABLES = """
-CREATE INDEX experiences_by_region ON experiences (region);
-CREATE INDEX experiences_undistilled ON experiences (id) WHERE region IS NULL;
+CREATE INDEX experiences_by_region ON experiences (region) WHERE region IS NOT NULL;
 CREATE TABLE regions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     situation TEXT NOT NULL,
@@ -129,7 +131,7 @@ def create_v2(db: Database) -> None:
     _script(db, "DROP TABLE memory")
     _script(db, _V2_EXPERIENCE_COLUMNS)
     _script(db, _V2_NEW_TABLES)
-    db.set_meta(dim=0)
+    db.set_meta(dim=0, distilled_through=0)
 
 
 def _migrate_1_to_2(db: Database) -> None:
@@ -148,6 +150,7 @@ def _migrate_1_to_2(db: Database) -> None:
         "ELSE 'success' END, '', title, description, content, confidence, 0, 0, usage_count, "
         "created, created, last_used, NULL FROM memory")
     conn.execute("DROP TABLE memory")
+    db.set_meta(distilled_through=0)
     if "dim" not in db.meta():
         db.set_meta(dim=0)
 

@@ -73,6 +73,8 @@ class CheckedExperience:
 
 
 def _real(value: Any, name: str) -> float:
+    if type(value) is float and math.isfinite(value):
+        return value  # the common case, without the ABC check below
     if value is None:
         raise ValueError(f"Experience.{name} is None: cannot judge an experience without it")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

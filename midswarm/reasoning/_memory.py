@@ -1,7 +1,8 @@
 """Distillation and consolidation over the bank's tables.
 
-Distilling assigns every not-yet-distilled experience to a pattern region of
-its situation, in id order: the region whose centroid is most similar
+Distilling assigns every experience recorded since the last distillation
+(ids above the ``distilled_through`` mark) to a pattern region of its
+situation, in id order: the region whose centroid is most similar
 (cosine) if that similarity reaches ``region_similarity``, else a new region.
 Experiences without a vector share their situation's one vector-less region.
 Then every touched region's items are recomputed from all of its
@@ -79,11 +80,13 @@ def distill_pending(db: Database, *, dim: int, region_similarity: float, min_sup
     Must run inside a write transaction; returns the touched region ids.
     """
     conn = db.conn
+    through = int(db.meta().get("distilled_through", 0))
     pending = conn.execute(
-        "SELECT id, situation, vector FROM experiences WHERE region IS NULL ORDER BY id"
+        "SELECT id, situation, vector FROM experiences WHERE id > ? ORDER BY id", (through,)
     ).fetchall()
     if not pending:
         return []
+    db.set_meta(distilled_through=pending[-1][0])
     by_situation: dict[str, _Regions] = {}
     vectorless: dict[str, int] = {}
     changed: set[int] = set()

@@ -71,6 +71,6 @@ def mmr_select(units: np.ndarray, scores: np.ndarray, k: int, mmr_lambda: float)
         pick = int(np.argmax(value))
         chosen.append(pick)
         available[pick] = False
-        similarity = np.maximum(units @ units[pick], 0.0)
+        similarity = np.maximum(np.einsum("ij,j->i", units, units[pick]), 0.0)
         np.maximum(penalty, similarity, out=penalty)
     return chosen

@@ -4,13 +4,20 @@ Rows ``0 .. n-1`` are exactly the live vectors.  Appends go into spare
 capacity that doubles when it runs out (amortised O(1)); a delete moves the
 last row into the hole, so the matrix never holds tombstones and a search can
 always return ``min(k, matching)`` results.  For the cosine metric rows are
-stored unit-normalised and a search is one matrix-vector product (BLAS sgemv)
-plus ``argpartition``; for L2 the product is turned into squared distances with
-the cached row norms, and the k winners' distances are recomputed directly.
+stored unit-normalised and the key is the dot product; for L2 it is minus the
+squared distance (the int8 scan bounds it through ``2 x.q - |x|^2`` with
+cached squared norms).  Exact keys are float64 sums.
+
+Beside the float32 rows sits an int8 copy with per-row scales: a search first
+scans it for score bounds and then scores exactly only the rows that can still
+make the top k (see :mod:`._kernels`).  Small stores and selective filters
+are scored exactly straight away.
 """
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -18,6 +25,23 @@ import numpy as np
 __all__ = ["VectorMatrix", "as_vector", "as_vectors"]
 
 _MIN_CAPACITY = 1024
+# Below this many candidate rows, scoring them all exactly is as cheap as bounding.
+_EXACT_BELOW = 4096
+_INT8_MAX = 127.0
+
+
+def _kernels() -> ModuleType:
+    # numba takes a while to import: only searching needs it, not opening or writing.
+    return importlib.import_module("midswarm.reasoning._kernels")
+
+
+def quantize(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row int8 codes and float32 scales with ``rows ~= scales[:, None] * codes``."""
+    peak = np.abs(rows).max(axis=1) if rows.size else np.zeros(len(rows), np.float32)
+    scales = (peak / _INT8_MAX).astype(np.float32)
+    safe = np.where(scales > 0, scales, np.float32(1.0))
+    codes = np.clip(np.rint(rows / safe[:, None]), -_INT8_MAX, _INT8_MAX).astype(np.int8)
+    return codes, scales
 
 
 def as_vectors(vectors: Any, dim: int, name: str = "vectors") -> np.ndarray:
@@ -61,9 +85,13 @@ class VectorMatrix:
         self.n = 0
         capacity = max(capacity, _MIN_CAPACITY)
         self._data = np.zeros((capacity, dim), np.float32)
+        self._codes = np.zeros((capacity, dim), np.int8)
+        self._scales = np.zeros(capacity, np.float32)
         self._sqnorm = np.zeros(capacity, np.float32)
         self._ids = np.zeros(capacity, np.int64)
-        self._scores = np.empty(capacity, np.float32)
+        self._scratch_f32 = np.empty(capacity, np.float32)
+        self._scratch_idx = np.empty(capacity, np.int64)
+        self._no_mask = np.zeros(1, bool)
         self.row_of: dict[int, int] = {}
 
     @property
@@ -80,7 +108,7 @@ class VectorMatrix:
             raise ValueError(
                 f"{name}[{int(np.flatnonzero(zero)[0])}] is all zeros: it has no direction "
                 f"under the cosine metric")
-        return vectors / norms[:, None]
+        return (vectors / norms[:, None]).astype(np.float32)
 
     def ensure_capacity(self, needed: int) -> int:
         """Grow so ``needed`` rows fit; returns the (possibly new) capacity."""
@@ -89,12 +117,13 @@ class VectorMatrix:
             return cap
         while cap < needed:
             cap *= 2
-        for name in ("_data", "_sqnorm", "_ids"):
+        for name in ("_data", "_codes", "_scales", "_sqnorm", "_ids"):
             old = getattr(self, name)
             new = np.zeros((cap,) + old.shape[1:], old.dtype)
             new[: self.n] = old[: self.n]
             setattr(self, name, new)
-        self._scores = np.empty(cap, np.float32)
+        self._scratch_f32 = np.empty(cap, np.float32)
+        self._scratch_idx = np.empty(cap, np.int64)
         return cap
 
     def append(self, ids: np.ndarray, prepared: np.ndarray) -> None:
@@ -102,7 +131,9 @@ class VectorMatrix:
         self.ensure_capacity(self.n + m)
         lo, hi = self.n, self.n + m
         self._data[lo:hi] = prepared
-        self._sqnorm[lo:hi] = np.einsum("ij,ij->i", prepared, prepared)
+        self._codes[lo:hi], self._scales[lo:hi] = quantize(prepared)
+        wide = prepared.astype(np.float64)
+        self._sqnorm[lo:hi] = np.einsum("ij,ij->i", wide, wide)
         self._ids[lo:hi] = ids
         for offset, ident in enumerate(ids.tolist()):
             self.row_of[ident] = lo + offset
@@ -110,19 +141,22 @@ class VectorMatrix:
 
     def replace(self, row: int, prepared: np.ndarray) -> None:
         self._data[row] = prepared
-        self._sqnorm[row] = float(prepared @ prepared)
+        codes, scales = quantize(prepared[None, :])
+        self._codes[row], self._scales[row] = codes[0], scales[0]
+        wide = prepared.astype(np.float64)
+        self._sqnorm[row] = float(wide @ wide)
 
     def remove(self, ident: int) -> tuple[int, int]:
         """Drop ``ident``; returns ``(src, dst)``: the last row moved into the hole."""
         dst = self.row_of.pop(ident)
         src = self.n - 1
         if src != dst:
-            self._data[dst] = self._data[src]
-            self._sqnorm[dst] = self._sqnorm[src]
-            moved = int(self._ids[src])
-            self._ids[dst] = moved
-            self.row_of[moved] = dst
+            for name in ("_data", "_codes", "_scales", "_sqnorm", "_ids"):
+                array = getattr(self, name)
+                array[dst] = array[src]
+            self.row_of[int(self._ids[dst])] = dst
         self._data[src] = 0
+        self._codes[src] = 0
         self.n = src
         return src, dst
 
@@ -133,31 +167,20 @@ class VectorMatrix:
     def ids(self) -> np.ndarray:
         return self._ids[: self.n]
 
-    def stored(self, row: int) -> np.ndarray:
-        return self._data[row].copy()
-
     def prepare_query(self, query: np.ndarray) -> np.ndarray:
+        q = np.ascontiguousarray(query, dtype=np.float32)
         if self.metric == "l2":
-            return query
-        norm = float(np.linalg.norm(query))
+            return q
+        norm = float(np.linalg.norm(q))
         if norm == 0:
             raise ValueError("query vector is all zeros: it has no direction under cosine")
-        return (query / norm).astype(np.float32)
+        return (q / norm).astype(np.float32)
 
-    def _scores_all(self, q: np.ndarray) -> np.ndarray:
-        n = self.n
-        out = self._scores[:n]
-        np.dot(self._data[:n], q, out=out)
-        if self.metric == "l2":
-            out *= 2
-            out -= self._sqnorm[:n]
-        return out
-
-    def _scores_rows(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        scores = self._data[rows] @ q
-        if self.metric == "l2":
-            scores = 2 * scores - self._sqnorm[rows]
-        return scores
+    def _keys_rows(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Exact float64 keys (larger is nearer) of ``rows``."""
+        keys = np.empty(len(rows), np.float64)
+        _kernels().exact_keys(self._data, rows, q, self.metric == "l2", keys)
+        return keys
 
     def top_k(self, q: np.ndarray, k: int,
               mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -167,31 +190,56 @@ class VectorMatrix:
         ``mask`` is true compete; fewer than ``k`` come back only when fewer match.
         """
         n = self.n
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.float64))
         if n == 0 or k <= 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float64)
-        if mask is None:
-            rows = None
-            keys = self._scores_all(q)
+            return empty
+        eligible: np.ndarray | None = None
+        if mask is not None:
+            eligible = np.flatnonzero(mask)
+            if len(eligible) == 0:
+                return empty
+        count = n if eligible is None else len(eligible)
+        m = min(k, count)
+        if count < _EXACT_BELOW or (eligible is not None and 4 * count < n):
+            # Few rows, or a selective filter: score every eligible row exactly.
+            candidates = np.arange(n) if eligible is None else eligible
+            keys = self._keys_rows(q, candidates)
         else:
-            rows = np.flatnonzero(mask)
-            if len(rows) == 0:
-                return np.zeros(0, np.int64), np.zeros(0, np.float64)
-            if 4 * len(rows) < n:
-                # A selective filter: gather only the matching rows.
-                keys = self._scores_rows(q, rows)
+            upper = self._scratch_f32
+            kernels = _kernels()
+            floor = kernels.scan_bounds(self._codes, self._scales, self._sqnorm, n, q,
+                                self.metric == "l2", m,
+                                self._no_mask if mask is None else mask, mask is not None,
+                                upper)
+            if floor == -np.inf:
+                candidates = np.arange(n) if eligible is None else eligible
             else:
-                keys = self._scores_all(q)[rows]
-        m = min(k, len(keys))
+                found = kernels.collect_at_least(upper, n, floor, self._scratch_idx)
+                candidates = self._scratch_idx[:found].copy()
+            keys = self._keys_rows(q, candidates)
         if m < len(keys):
-            best = np.argpartition(keys, len(keys) - m)[len(keys) - m:]
+            best = self._break_ties(candidates, keys,
+                                    np.argpartition(keys, len(keys) - m)[len(keys) - m:])
         else:
             best = np.arange(len(keys))
-        chosen = best if rows is None else rows[best]
-        return self._order(q, chosen, keys[best])
+        return self._order(q, candidates[best], keys[best])
+
+    def _break_ties(self, candidates: np.ndarray, keys: np.ndarray,
+                    best: np.ndarray) -> np.ndarray:
+        """Among rows tied with the k-th best key, keep the lowest ids (argpartition
+        picks arbitrarily), so the answer never depends on which path found it."""
+        kth = keys[best].min()
+        tied = np.flatnonzero(keys == kth)
+        above = best[keys[best] > kth]
+        slots = len(best) - len(above)
+        if len(tied) <= slots:
+            return best
+        lowest = tied[np.argsort(self._ids[candidates[tied]], kind="stable")[:slots]]
+        return np.concatenate([above, lowest])
 
     def rank(self, q: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``rows`` ordered best first for prepared query ``q``, with their scores."""
-        return self._order(q, rows, self._scores_rows(q, rows))
+        return self._order(q, rows, self._keys_rows(q, rows))
 
     def _order(self, q: np.ndarray, rows: np.ndarray,
                keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -199,9 +247,5 @@ class VectorMatrix:
         order = np.lexsort((self._ids[rows], -keys))
         rows = rows[order]
         if self.metric == "cosine":
-            return rows, keys[order].astype(np.float64)
-        diff = self._data[rows].astype(np.float64) - q.astype(np.float64)
-        dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        # Recomputed distances may split near-ties that float32 keys could not.
-        order = np.lexsort((self._ids[rows], dist))
-        return rows[order], dist[order]
+            return rows, keys[order]
+        return rows, np.sqrt(np.maximum(-keys[order], 0.0))
