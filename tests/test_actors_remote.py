@@ -313,3 +313,18 @@ async def test_bad_arguments() -> None:
             await serve_actor(ref, server)
         with pytest.raises(ValueError, match="timeout"):
             await ref.ask("x", timeout=float("nan"))
+
+
+async def test_leaving_remote_ref_flushes_tells_then_refuses() -> None:
+    server, client = stream_pair()
+    async with open_supervisor() as sup:
+        local = await sup.start_child(ChildSpec(Service, name="svc"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_actor, local, server)
+            async with remote_ref(client, name="svc") as ref:
+                for _ in range(100):  # more than the writer queue holds
+                    await ref.tell("incr")
+        # serve_actor saw the half-close after the last tell and returned.
+        assert await local.ask("get") == 100
+        with pytest.raises(ActorUnreachable, match="block has exited"):
+            await ref.tell("incr")

@@ -296,11 +296,13 @@ class RemoteActorRef(ActorRef):
         self._pending: dict[int, _Reply] = {}
         self._next_id = 1
         self._broken: Callable[[], ActorError] | None = None
+        self._closing = False  # the block exited normally: flushing, then closing
         self._reader_scope = trio.CancelScope()
 
     def _refuse(self) -> ActorError:
-        assert self._broken is not None
-        return self._broken()
+        if self._broken is not None:
+            return self._broken()
+        return ActorUnreachable(self.name, "the remote_ref block has exited")
 
     def _break(self, make_error: Callable[[], ActorError]) -> None:
         """Stop for good: fail every pending ask and refuse further messages."""
@@ -313,7 +315,7 @@ class RemoteActorRef(ActorRef):
         self._requests_recv.close()
 
     async def _enqueue(self, data: bytes) -> None:
-        if self._broken is not None:
+        if self._broken is not None or self._closing:
             await trio.lowlevel.checkpoint()
             raise self._refuse()
         if (self._queued == 0 and len(data) <= _DIRECT_SEND_LIMIT
@@ -459,6 +461,7 @@ async def remote_ref(stream: MessageStream, name: str = "remote") -> AsyncIterat
                 raise
             # Normal exit: the writer sends what is queued, half-closes the
             # stream and then stops the reader.
+            ref._closing = True
             ref._requests_send.close()
     finally:
         ref._break(lambda: ActorUnreachable(name, "the remote_ref block has exited"))

@@ -308,7 +308,7 @@ class Supervisor:
         child.instance = None
 
     async def _stop_all(self) -> None:
-        for child in reversed(self._children):
+        for child in reversed(list(self._children)):
             child.pending = None
             await self._stop_instance(child)
         self._groups.clear()
@@ -363,12 +363,13 @@ class Supervisor:
             async with self._lock:
                 if event is _STOP:
                     await self._stop_all()
-                    return None
-                if event is None:
+                elif event is None:
                     await self._start_due_groups()
                 else:
                     await self._on_exit_report(event)
-                if self._escalation is not None:
+                if event is _STOP or self._escalation is not None:
+                    # Refuse start_child from here on, before the lock is free.
+                    self._running = False
                     return self._escalation
 
     async def _on_exit_report(self, report: _Exit) -> None:
