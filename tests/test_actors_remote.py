@@ -316,15 +316,24 @@ async def test_bad_arguments() -> None:
 
 
 async def test_leaving_remote_ref_flushes_tells_then_refuses() -> None:
-    server, client = stream_pair()
+    a, b = trio.testing.lockstep_stream_pair()
+    server, client = MessageStream(a), MessageStream(b)
     async with open_supervisor() as sup:
         local = await sup.start_child(ChildSpec(Service, name="svc"))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_actor, local, server)
             async with remote_ref(client, name="svc") as ref:
-                for _ in range(100):  # more than the writer queue holds
-                    await ref.tell("incr")
+                async def teller() -> None:
+                    for _ in range(50):
+                        await ref.tell("incr")
+
+                # Concurrent tellers: while one writes, the others queue for
+                # the writer task, whose queue is flushed on exit.
+                async with trio.open_nursery() as tellers:
+                    for _ in range(4):
+                        tellers.start_soon(teller)
+                assert ref._queued > 0
         # serve_actor saw the half-close after the last tell and returned.
-        assert await local.ask("get") == 100
+        assert await local.ask("get") == 200
         with pytest.raises(ActorUnreachable, match="block has exited"):
             await ref.tell("incr")
