@@ -19,9 +19,8 @@ from midswarm.actors import (
     SupervisionEvent,
     SupervisorSpec,
     open_supervisor,
-    plan_exit,
 )
-from midswarm.actors._rules import RestartHistory
+from midswarm.actors._rules import RestartHistory, plan_exit
 
 NO_BACKOFF = Backoff(initial=0)
 

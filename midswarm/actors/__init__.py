@@ -18,7 +18,6 @@ from ._errors import (
     RestartIntensityExceeded,
 )
 from ._remote import ActorReply, ActorRequest, BoxedError, remote_ref, serve_actor
-from ._rules import RESTART_AFTER, Plan, plan_exit
 from ._spec import Backoff, ChildSpec, ChildStatus, SupervisionEvent, SupervisorSpec
 from ._supervisor import Supervisor, open_supervisor
 
@@ -36,14 +35,11 @@ __all__ = [
     "BoxedError",
     "ChildSpec",
     "ChildStatus",
-    "Plan",
-    "RESTART_AFTER",
     "RestartIntensityExceeded",
     "SupervisionEvent",
     "Supervisor",
     "SupervisorSpec",
     "open_supervisor",
-    "plan_exit",
     "remote_ref",
     "serve_actor",
 ]
