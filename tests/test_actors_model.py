@@ -226,7 +226,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         maximum=st.sampled_from([1.0, 2.0]),
         reset_after=st.sampled_from([1.0, 3.0]),
     )
-    def setup(self, strategy: str, restarts: list[str], max_restarts: int, within: float,
+    def setup(self, strategy: Any, restarts: list[Any], max_restarts: int, within: float,
               initial: float, maximum: float, reset_after: float) -> None:
         self.model = SupervisorModel(
             strategy, max_restarts, within, initial, maximum, reset_after,

@@ -332,7 +332,7 @@ async def test_leaving_remote_ref_flushes_tells_then_refuses() -> None:
                 async with trio.open_nursery() as tellers:
                     for _ in range(4):
                         tellers.start_soon(teller)
-                assert ref._queued > 0
+                assert ref._queued > 0  # type: ignore[attr-defined]
         # serve_actor saw the half-close after the last tell and returned.
         assert await local.ask("get") == 200
         with pytest.raises(ActorUnreachable, match="block has exited"):

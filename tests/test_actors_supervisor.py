@@ -77,7 +77,7 @@ class Family:
     ("rest_for_one", [("stop", "b", 1), ("stop", "c", 1),
                       ("start", "b", 2), ("start", "c", 2)]),
 ])
-async def test_strategy_restarts_the_right_children_in_order(strategy: str,
+async def test_strategy_restarts_the_right_children_in_order(strategy: Any,
                                                             expected: list[Any]) -> None:
     fam = Family()
     async with open_supervisor(strategy, backoff=NO_BACKOFF, observer=fam.observe) as sup:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -157,6 +157,11 @@ class ChildSpec:
 Observer = Callable[["SupervisionEvent"], None]
 
 
+def _to_children(children: Iterable[ChildSpec | SupervisorSpec]
+                 ) -> tuple[ChildSpec | SupervisorSpec, ...]:
+    return tuple(children)
+
+
 @attrs.frozen
 class SupervisorSpec:
     """A nested supervisor as a child of another supervisor.
@@ -169,7 +174,8 @@ class SupervisorSpec:
     """
 
     name: str = attrs.field(validator=_check_name)
-    children: Sequence[ChildSpec | SupervisorSpec] = attrs.field(default=(), converter=tuple)
+    children: tuple[ChildSpec | SupervisorSpec, ...] = attrs.field(default=(),
+                                                                  converter=_to_children)
     strategy: Strategy = attrs.field(default="one_for_one",
                                      validator=_check_choice("strategy", STRATEGIES))
     max_restarts: int = attrs.field(default=3, validator=_check_count("max_restarts"))
