@@ -69,14 +69,14 @@ def message(tag: str) -> Callable[[type[T]], type[T]]:
     """Class decorator: register an attrs class as a wire message under ``tag``."""
 
     def register(cls: type[T]) -> type[T]:
-        if not attrs.has(cls):
+        if not attrs.has(cls):  # type: ignore[arg-type]
             raise TypeError(f"{cls.__name__} must be an attrs class")
         other = _REGISTRY.get(tag)
         if other is not None and other is not cls:
             raise ValueError(f"message tag {tag!r} is already used by {other.__name__}")
         _REGISTRY[tag] = cls
         _TAGS[cls] = tag
-        return cls
+        return cls  # type: ignore[return-value]
 
     return register
 

@@ -90,6 +90,11 @@ class _GranularPacer(QuicPacketPacer):
                 self.bucket_max = burst
 
 
+def _sid(stream: _AioStream) -> int:
+    # aioquic types stream_id as optional (crypto streams have none); ours all do.
+    return stream.stream_id  # type: ignore[return-value]
+
+
 class _Machine(_AioQuicConnection):
     """aioquic's state machine with our stream limits and receive windows."""
 
@@ -113,7 +118,7 @@ class _Machine(_AioQuicConnection):
         self.ms_received = False  # a datagram arrived since closing streams were checked
         self._ms_rescan = False
         self._ms_lost_packets = self._loss._on_packets_lost
-        self._loss._on_packets_lost = self._ms_on_packets_lost
+        self._loss._on_packets_lost = self._ms_on_packets_lost  # type: ignore[method-assign]
 
     # --- serving only the streams that need it --------------------------------------
     #
@@ -169,7 +174,7 @@ class _Machine(_AioQuicConnection):
         active = self.ms_active
         if self._streams_queue:  # streams aioquic created since the last call
             for stream in self._streams_queue:
-                active[stream.stream_id] = stream
+                active[_sid(stream)] = stream
         if self._ms_rescan:
             self._ms_rescan = False
             view = dict(streams)
@@ -194,7 +199,7 @@ class _Machine(_AioQuicConnection):
                     closing.pop(sid, None)
             new_active: dict[int, _AioStream] = {}
             for stream in order:
-                sid = stream.stream_id
+                sid = _sid(stream)
                 if sid not in view:
                     continue
                 if self._ms_has_work(stream):
@@ -229,7 +234,7 @@ class _Machine(_AioQuicConnection):
         if not stream.max_stream_data_local:
             return
         window = self._ms_window
-        target = self.ms_consumed.get(stream.stream_id, 0) + window
+        target = self.ms_consumed.get(_sid(stream), 0) + window
         # Announce a bigger window only once a quarter of it was read, so that a
         # steady reader causes one MAX_STREAM_DATA per quarter window.
         if target - stream.max_stream_data_local >= window >> 2:

@@ -9,11 +9,13 @@ skips certificates, so that identity is what a resumed connection is.
 
 from __future__ import annotations
 
+import datetime
 import os
 import tempfile
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import msgpack
 from aioquic.tls import CipherSuite, SessionTicket
@@ -27,16 +29,15 @@ def _ticket_to_plain(t: SessionTicket) -> list[object]:
             t.max_early_data_size, [[k, v] for k, v in t.other_extensions]]
 
 
-def _ticket_from_plain(p: list[object]) -> SessionTicket:
-    import datetime
-
-    def ts(x: object) -> datetime.datetime:
-        return datetime.datetime.fromtimestamp(float(x), datetime.UTC)  # type: ignore[arg-type]
+def _ticket_from_plain(p: list[Any]) -> SessionTicket:
+    def ts(x: float) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(float(x), datetime.timezone.utc)
 
     return SessionTicket(
-        age_add=p[0], cipher_suite=CipherSuite(p[1]), not_valid_after=ts(p[2]),
-        not_valid_before=ts(p[3]), resumption_secret=p[4], server_name=p[5], ticket=p[6],
-        max_early_data_size=p[7], other_extensions=[(k, v) for k, v in p[8]],  # type: ignore[union-attr]
+        age_add=int(p[0]), cipher_suite=CipherSuite(p[1]), not_valid_after=ts(p[2]),
+        not_valid_before=ts(p[3]), resumption_secret=bytes(p[4]), server_name=str(p[5]),
+        ticket=bytes(p[6]), max_early_data_size=p[7],
+        other_extensions=[(int(k), bytes(v)) for k, v in p[8]],
     )
 
 
