@@ -31,7 +31,7 @@ def _ticket_to_plain(t: SessionTicket) -> list[object]:
 
 def _ticket_from_plain(p: list[Any]) -> SessionTicket:
     def ts(x: float) -> datetime.datetime:
-        return datetime.datetime.fromtimestamp(float(x), datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(float(x), datetime.UTC)
 
     return SessionTicket(
         age_add=int(p[0]), cipher_suite=CipherSuite(p[1]), not_valid_after=ts(p[2]),
