@@ -20,7 +20,7 @@ staging commands of the many-agents section and prints one table.  Sections:
                memory per idle connection (VmRSS delta / connections).
 ``streams``    1000 concurrent mailboxes on one connection (QUIC: a stream each;
                TCP/WebSocket: multiplexed by a 4-byte id prefix), 20 round trips each.
-``hol``        head-of-line blocking: the ``streams`` workload (100 mailboxes x 200)
+``hol``        head-of-line blocking: the ``streams`` workload (100 mailboxes x 100)
                inside a network namespace that drops 2 % of packets (root, ``ip``
                and ``iptables`` needed; otherwise the section is skipped).
 
