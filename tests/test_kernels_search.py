@@ -106,12 +106,12 @@ def test_knn_on_a_long_series_with_default_parameters() -> None:
         s = res.stats
         assert s.candidates == x.size - q.size + 1
         settled = (
-            s.pruned_kim + s.pruned_keogh_query + s.pruned_keogh_data + s.dtw_abandoned
-            + s.dtw_full
+            s.pruned_kim + s.pruned_keogh_query + s.pruned_keogh_data + s.dtw_rejected
+            + s.dtw_accepted
         )
         assert settled == s.candidates
         # The bounds do the work: far fewer full DTWs than candidates.
-        assert s.dtw_full < s.candidates // 20
+        assert s.dtw_accepted < s.candidates // 20
         assert abs(sum(s.shares().values()) - 1.0) < 1e-12
 
 
@@ -216,3 +216,45 @@ def test_knn_rejects_bad_input(kwargs: dict[str, object], error: type, match: st
     args.update(kwargs)
     with pytest.raises(error, match=match):
         dtw_knn(**args)  # type: ignore[arg-type]
+
+
+def test_streamed_window_statistics_are_accurate_and_flag_flat_windows() -> None:
+    from midswarm.kernels._envelope import STATS_BLOCK, stats_block
+
+    rng = np.random.default_rng(12)
+    m = 50
+    # A large level, a drifting walk and an exactly flat stretch.
+    x = 1e6 + np.cumsum(rng.standard_normal(3000))
+    x[1000:1200] = 1e6 + 3.0
+    p1 = np.empty(STATS_BLOCK + m)
+    p2 = np.empty(STATS_BLOCK + m)
+    means = np.empty(STATS_BLOCK)
+    inv = np.empty(STATS_BLOCK)
+    view = np.lib.stride_tricks.sliding_window_view(x, m)
+    for c0 in range(0, view.shape[0], STATS_BLOCK):
+        c1 = min(view.shape[0], c0 + STATS_BLOCK)
+        stats_block(x, m, c0, c1, p1, p2, means, inv)
+        ref_std = view[c0:c1].std(axis=1)
+        flat = ref_std <= 1e-10 * np.abs(view[c0:c1].mean(axis=1))
+        np.testing.assert_allclose(means[: c1 - c0], view[c0:c1].mean(axis=1), rtol=1e-14)
+        np.testing.assert_array_equal(inv[: c1 - c0] == 0.0, flat)
+        np.testing.assert_allclose(
+            inv[: c1 - c0][~flat], 1.0 / ref_std[~flat], rtol=1e-9
+        )
+
+
+@pytest.mark.parametrize("w", [0, 1, 3, 16, 40])
+def test_envelopes_match_a_direct_computation(w: int) -> None:
+    from midswarm.kernels._bounds import window_envelope
+    from midswarm.kernels._envelope import envelope_range
+
+    rng = np.random.default_rng(w)
+    v = rng.standard_normal(97)
+    expected_u = np.array([v[max(0, i - w):i + w + 1].max() for i in range(v.size)])
+    expected_l = np.array([v[max(0, i - w):i + w + 1].min() for i in range(v.size)])
+    for fill in (window_envelope, lambda a, r, u, lo: envelope_range(a, r, 0, a.size, u, lo)):
+        upper = np.empty_like(v)
+        lower = np.empty_like(v)
+        fill(v, w, upper, lower)
+        np.testing.assert_array_equal(upper, expected_u)
+        np.testing.assert_array_equal(lower, expected_l)

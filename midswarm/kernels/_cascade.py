@@ -4,16 +4,19 @@ Theory of operation
 -------------------
 Candidates are windows of a flat float64 buffer: candidate ``c`` starts at
 ``c * stride`` (stride 1 for the subsequences of one series, ``m`` for a matrix
-of stored patterns laid end to end) and is normalised on the fly as
-``(x - means[c]) * inv_stds[c]``.  Each candidate goes through, cheapest first,
+of stored patterns laid end to end).  Subsequences are z-normalised on the fly
+with statistics computed block by block as the scan advances (no full-length
+arrays: writing those costs more in page faults than the arithmetic); stored
+patterns arrive normalised.  Each candidate goes through, cheapest first,
 stopping as soon as a bound reaches the threshold ``T`` (a squared distance):
 
 1. LB_Kim: the cheapest path cells near both corners (first/last three layers);
-2. LB_Keogh against the query's envelope, visiting query positions in order of
-   decreasing ``|q|`` (largest contributions first, so it abandons early);
-3. LB_Keogh of the query against the data's envelope (same order);
+2. LB_Keogh against the query's envelope, largest ``|q|`` first (see
+   :mod:`._bounds`);
+3. LB_Keogh of the query against the candidate's own envelope;
 4. banded DTW that abandons when a row's minimum plus the remaining part of the
-   cumulative LB_Keogh bounds reaches ``T``.
+   cumulative LB_Keogh bounds reaches ``T``.  Survivors are batched and run
+   :data:`~._dtw.LANES` at a time in SIMD lanes.
 
 *The threshold under trivial-match exclusion.*  The answer is defined greedily:
 sort all candidates by ``(distance, start)``, take the first, drop every
@@ -28,7 +31,12 @@ candidate whose distance is below ``T`` at the time.  Everything that can end
 up in the answer is in the pool, so the greedy selection with the real radius
 over the final pool is exactly the brute-force answer.  Because candidates are
 visited in increasing start order and ``T`` always comes from earlier starts, a
-candidate whose bound merely ties ``T`` loses the tie-break and is pruned.
+candidate whose distance merely ties ``T`` loses the tie-break and is not kept.
+
+Bounds are compared with ``prune = T * (1 + PRUNE_SLACK)`` rather than ``T``:
+a lower bound summed in another order than the DTW can exceed it by a few ulps
+when the two are equal in exact arithmetic, and such a candidate must reach
+the exact test ``distance < T``.
 """
 
 from __future__ import annotations
@@ -36,156 +44,30 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._dtw import band_limits
+from ._bounds import (
+    dtw_sq_abandon,
+    dtw_sq_lanes_abandon,
+    keogh_query_contrib,
+    lb_keogh_data_env,
+    lb_keogh_query_block,
+    lb_kim_block,
+    window_envelope,
+)
+from ._dtw import LANES
+from ._envelope import STATS_BLOCK, stats_block
 
-__all__ = ["N_STATS", "pool_threshold", "scan_chunk", "select_greedy"]
+__all__ = ["N_STATS", "PRUNE_SLACK", "pool_threshold", "scan_chunk", "select_greedy"]
 
 #: Counters per scan: candidates, pruned by LB_Kim, by LB_Keogh(query envelope),
-#: by LB_Keogh(data envelope), DTW abandoned early, DTW run to the end.
+#: by LB_Keogh(candidate envelope), rejected by DTW, accepted by DTW (into the pool).
 N_STATS = 6
+#: Relative margin between the threshold and the level at which bounds prune;
+#: far above the rounding error of a 10**4-term sum, far below any real gap.
+PRUNE_SLACK = 1e-12
+# Batches this small run one by one (with per-candidate early abandoning).
+_SCALAR_FLUSH = 2
 
 _INF = np.inf
-
-
-@numba.njit(cache=True, nogil=True)
-def _sq(v: float) -> float:
-    return v * v
-
-
-@numba.njit(cache=True, nogil=True)
-def _min3(a: float, b: float, c: float) -> float:
-    r = a
-    if b < r:
-        r = b
-    if c < r:
-        r = c
-    return r
-
-
-@numba.njit(cache=True, nogil=True)
-def lb_kim(
-    x: np.ndarray, start: int, mean: float, inv: float, q: np.ndarray, threshold: float
-) -> float:
-    """Sum of the cheapest cells of the corner layers ``max(i, j) = 0, 1, 2`` at
-    both ends; layers are disjoint when ``m >= 6`` so their sum bounds DTW."""
-    m = q.shape[0]
-    x0 = (x[start] - mean) * inv
-    if m == 1:
-        return _sq(x0 - q[0])
-    y0 = (x[start + m - 1] - mean) * inv
-    lb = _sq(x0 - q[0]) + _sq(y0 - q[m - 1])
-    if m < 6 or lb >= threshold:
-        return lb
-    x1 = (x[start + 1] - mean) * inv
-    lb += _min3(_sq(x1 - q[0]), _sq(x0 - q[1]), _sq(x1 - q[1]))
-    if lb >= threshold:
-        return lb
-    y1 = (x[start + m - 2] - mean) * inv
-    lb += _min3(_sq(y1 - q[m - 1]), _sq(y0 - q[m - 2]), _sq(y1 - q[m - 2]))
-    if lb >= threshold:
-        return lb
-    x2 = (x[start + 2] - mean) * inv
-    lb += min(
-        _min3(_sq(x2 - q[0]), _sq(x2 - q[1]), _sq(x2 - q[2])),
-        min(_sq(x1 - q[2]), _sq(x0 - q[2])),
-    )
-    if lb >= threshold:
-        return lb
-    y2 = (x[start + m - 3] - mean) * inv
-    lb += min(
-        _min3(_sq(y2 - q[m - 1]), _sq(y2 - q[m - 2]), _sq(y2 - q[m - 3])),
-        min(_sq(y1 - q[m - 3]), _sq(y0 - q[m - 3])),
-    )
-    return lb
-
-
-@numba.njit(cache=True, nogil=True)
-def lb_keogh_query_env(
-    x: np.ndarray, start: int, mean: float, inv: float, order: np.ndarray,
-    q_upper: np.ndarray, q_lower: np.ndarray, threshold: float, contrib: np.ndarray,
-) -> float:
-    """Candidate points against the query envelope; ``contrib[t]`` is indexed by
-    candidate position (complete only when the bound stays below threshold)."""
-    lb = 0.0
-    for idx in range(order.shape[0]):
-        t = order[idx]
-        v = (x[start + t] - mean) * inv
-        d = 0.0
-        if v > q_upper[t]:
-            d = _sq(v - q_upper[t])
-        elif v < q_lower[t]:
-            d = _sq(v - q_lower[t])
-        contrib[t] = d
-        lb += d
-        if lb >= threshold:
-            break
-    return lb
-
-
-@numba.njit(cache=True, nogil=True)
-def lb_keogh_data_env(
-    env_upper: np.ndarray, env_lower: np.ndarray, start: int, mean: float, inv: float,
-    order: np.ndarray, q: np.ndarray, threshold: float, contrib: np.ndarray,
-) -> float:
-    """Query points against the candidate's (normalised) envelope; ``contrib[t]``
-    is indexed by query position."""
-    lb = 0.0
-    for idx in range(order.shape[0]):
-        t = order[idx]
-        qt = q[t]
-        d = 0.0
-        u = (env_upper[start + t] - mean) * inv
-        if qt > u:
-            d = _sq(qt - u)
-        else:
-            lo = (env_lower[start + t] - mean) * inv
-            if qt < lo:
-                d = _sq(qt - lo)
-        contrib[t] = d
-        lb += d
-        if lb >= threshold:
-            break
-    return lb
-
-
-@numba.njit(cache=True, nogil=True)
-def dtw_sq_abandon(
-    c: np.ndarray, q: np.ndarray, w: int, cb_rows: np.ndarray, cb_cols: np.ndarray,
-    threshold: float, buf: np.ndarray,
-) -> float:
-    """Banded squared DTW of equal-length *c* (rows) and *q* (columns) that stops
-    with ``inf`` once no path can stay below *threshold*.
-
-    ``cb_rows[i]`` bounds the cost of rows ``>= i`` and ``cb_cols[j]`` the cost
-    of columns ``>= j``; after row ``i`` the cells of columns beyond ``i + w``
-    all lie in later rows, so either suffix bound may be added to the row minimum.
-    """
-    m = c.shape[0]
-    prev = buf[0]
-    cur = buf[1]
-    prev[:] = _INF
-    prev[0] = 0.0
-    for i in range(m):
-        lo, hi = band_limits(i, m, m, w)
-        left = _INF
-        cur[lo] = _INF
-        ci = c[i]
-        row_min = _INF
-        for j in range(lo, hi + 1):
-            best = _min3(prev[j], prev[j + 1], left)
-            left = _sq(ci - q[j]) + best
-            cur[j + 1] = left
-            if left < row_min:
-                row_min = left
-        if hi + 2 <= m:
-            cur[hi + 2] = _INF
-        rest = cb_rows[i + 1]
-        if cb_cols[i + w + 1] > rest:
-            rest = cb_cols[i + w + 1]
-        if row_min + rest >= threshold:
-            return _INF
-        prev, cur = cur, prev
-    return prev[m]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -241,64 +123,174 @@ def pool_threshold(
 
 
 @numba.njit(cache=True, nogil=True)
+def _tighten(
+    pool_d: np.ndarray, pool_s: np.ndarray, count: int, k: int, radius: int, threshold: float
+) -> tuple[float, int]:
+    # Both the old threshold and the pool's are valid bounds: keep the smaller.
+    t, count = pool_threshold(pool_d, pool_s, count, k, radius)
+    return (t if t < threshold else threshold), count
+
+
+@numba.njit(cache=True, nogil=True)
+def _flush(
+    bc: np.ndarray, cbr: np.ndarray, cbc: np.ndarray, ids: np.ndarray, nb: int,
+    q: np.ndarray, w: int, k: int, radius: int, pool_d: np.ndarray, pool_s: np.ndarray,
+    count: int, threshold: float, stats: np.ndarray, work: tuple,
+) -> tuple[int, float]:
+    """Run DTW on the batched survivors and put those below threshold in the pool."""
+    prev, cur, row_min, out, one, one_r, one_c, buf = work
+    m = q.shape[0]
+    prune = threshold * (1.0 + PRUNE_SLACK)
+    if nb <= _SCALAR_FLUSH:
+        for lane in range(nb):
+            for t in range(m):
+                one[t] = bc[t, lane]
+            for t in range(one_r.shape[0]):
+                one_r[t] = cbr[t, lane]
+            for t in range(one_c.shape[0]):
+                one_c[t] = cbc[t, lane]
+            out[lane] = dtw_sq_abandon(one, q, w, one_r, one_c, prune, buf)
+    else:
+        # Unused lanes get infinite bounds: they never keep the batch alive.
+        for lane in range(nb, LANES):
+            for t in range(m):
+                bc[t, lane] = 0.0
+            for t in range(cbr.shape[0]):
+                cbr[t, lane] = _INF
+            for t in range(cbc.shape[0]):
+                cbc[t, lane] = _INF
+        dtw_sq_lanes_abandon(bc, q, w, cbr, cbc, prune, prev, cur, row_min, out)
+    for lane in range(nb):
+        d = out[lane]
+        if d < threshold:
+            stats[5] += 1
+            count = _pool_insert(pool_d, pool_s, count, d, ids[lane])
+            # With no threshold yet, k picks 2 * exclusion apart need at least
+            # k * (2 * radius + 1) entries: do not look before that.
+            if threshold < _INF or count >= k * (2 * radius + 1):
+                threshold, count = _tighten(pool_d, pool_s, count, k, radius, threshold)
+        else:
+            stats[4] += 1
+    return count, threshold
+
+
+@numba.njit(cache=True, nogil=True)
 def scan_chunk(
-    x: np.ndarray, env_upper: np.ndarray, env_lower: np.ndarray, means: np.ndarray,
-    inv_stds: np.ndarray, stride: int, c0: int, c1: int, q: np.ndarray,
-    q_upper: np.ndarray, q_lower: np.ndarray, order: np.ndarray, w: int, k: int,
-    radius: int, pool_d: np.ndarray, pool_s: np.ndarray, count: int, threshold: float,
+    x: np.ndarray, env_upper: np.ndarray, env_lower: np.ndarray, stream_stats: bool,
+    stride: int, c0: int, c1: int, q: np.ndarray, q_upper: np.ndarray,
+    q_lower: np.ndarray, blocks: np.ndarray, w: int, k: int, radius: int,
+    pool_d: np.ndarray, pool_s: np.ndarray, count: int, threshold: float,
     stats: np.ndarray,
 ) -> tuple[int, float, int]:
     """Run candidates ``c0 .. c1 - 1`` through the cascade.
 
-    The pool (sorted by ``(distance, candidate)``, capacity ``len(pool_d)``)
-    arrives holding ``count`` entries and the matching *threshold*.  Returns
-    ``(count, threshold, next candidate)``; the last is ``c1`` unless the pool
-    filled up, in which case the caller grows it and resumes from there.
+    With *stream_stats* each window is z-normalised with statistics computed
+    here; otherwise candidates are used as they are.  ``env_upper`` and
+    ``env_lower`` hold the candidates' envelopes laid out like ``x``, or are
+    empty, in which case each candidate's envelope is computed from its
+    normalised window when it reaches that stage.  The pool (sorted by
+    ``(distance, candidate)``, capacity ``len(pool_d)``) arrives holding
+    ``count`` entries.  Returns ``(count, threshold, next candidate)``; the
+    last is ``c1`` unless the pool filled up, in which case the caller grows it
+    and resumes from there.
     """
     m = q.shape[0]
     cap = pool_d.shape[0]
+    lazy_env = env_upper.shape[0] == 0
     contrib_eq = np.zeros(m)
     contrib_ec = np.zeros(m)
-    cb_rows = np.zeros(m + 1)
-    cb_cols = np.zeros(m + w + 2)
     cn = np.empty(m)
-    buf = np.empty((2, m + 1))
-    for c in range(c0, c1):
-        if count >= cap:
-            threshold, count = pool_threshold(pool_d, pool_s, count, k, radius)
-            if count >= cap:
-                return count, threshold, c
-        stats[0] += 1
-        start = c * stride
-        mean = means[c]
-        inv = inv_stds[c]
-        if lb_kim(x, start, mean, inv, q, threshold) >= threshold:
-            stats[1] += 1
-            continue
-        if lb_keogh_query_env(
-            x, start, mean, inv, order, q_upper, q_lower, threshold, contrib_eq
-        ) >= threshold:
-            stats[2] += 1
-            continue
-        if lb_keogh_data_env(
-            env_upper, env_lower, start, mean, inv, order, q, threshold, contrib_ec
-        ) >= threshold:
-            stats[3] += 1
-            continue
-        acc_r = 0.0
-        acc_c = 0.0
-        for t in range(m - 1, -1, -1):
-            acc_r += contrib_eq[t]
-            acc_c += contrib_ec[t]
-            cb_rows[t] = acc_r
-            cb_cols[t] = acc_c
-        for t in range(m):
-            cn[t] = (x[start + t] - mean) * inv
-        d = dtw_sq_abandon(cn, q, w, cb_rows, cb_cols, threshold, buf)
-        if d >= threshold:
-            stats[4] += 1
-            continue
-        stats[5] += 1
-        count = _pool_insert(pool_d, pool_s, count, d, c)
-        threshold, count = pool_threshold(pool_d, pool_s, count, k, radius)
+    cu = np.empty(m)
+    cl = np.empty(m)
+    bc = np.empty((m, LANES))
+    cbr = np.zeros((m + 1, LANES))
+    cbc = np.zeros((m + w + 2, LANES))
+    ids = np.empty(LANES, dtype=np.int64)
+    work = (
+        np.empty((m + 1, LANES)), np.empty((m + 1, LANES)), np.empty(LANES),
+        np.empty(LANES), np.empty(m), np.empty(m + 1), np.empty(m + w + 2),
+        np.empty((2, m + 1)),
+    )
+    means = np.zeros(STATS_BLOCK)
+    inv_stds = np.ones(STATS_BLOCK)
+    p1 = np.empty(STATS_BLOCK + m)
+    p2 = np.empty(STATS_BLOCK + m)
+    prune = threshold * (1.0 + PRUNE_SLACK)
+    nb = 0
+    kim = np.empty(STATS_BLOCK)
+    eq = np.empty(STATS_BLOCK)
+    todo = np.empty(STATS_BLOCK, dtype=np.int64)
+    for b0 in range(c0, c1, STATS_BLOCK):
+        b1 = min(c1, b0 + STATS_BLOCK)
+        # Worst case, every candidate of the block (and the batch) enters the
+        # pool: make room first, or hand back to the caller at this block.
+        if count + nb + (b1 - b0) > cap:
+            if nb:
+                count, threshold = _flush(bc, cbr, cbc, ids, nb, q, w, k, radius, pool_d,
+                                          pool_s, count, threshold, stats, work)
+                nb = 0
+            threshold, count = _tighten(pool_d, pool_s, count, k, radius, threshold)
+            prune = threshold * (1.0 + PRUNE_SLACK)
+            if count + (b1 - b0) > cap:
+                return count, threshold, b0
+        if stream_stats:
+            stats_block(x, m, b0, b1, p1, p2, means, inv_stds)
+        # LB_Kim for the whole block at once; only its survivors go on.
+        lb_kim_block(x, stride, b0, b1 - b0, means, inv_stds, q, kim)
+        n_todo = 0
+        for i in range(b1 - b0):
+            todo[n_todo] = i
+            n_todo += 1 if kim[i] < prune else 0
+        stats[0] += b1 - b0
+        stats[1] += b1 - b0 - n_todo
+        # Then LB_Keogh against the query envelope, for the block's survivors.
+        lb_keogh_query_block(x, stride, b0, todo, n_todo, means, inv_stds, blocks, q_upper,
+                             q_lower, prune, eq)
+        for ti in range(n_todo):
+            i = todo[ti]
+            c = b0 + i
+            if kim[i] >= prune:
+                # The threshold tightened since the block's LB_Kim pass.
+                stats[1] += 1
+                continue
+            if eq[ti] >= prune:
+                stats[2] += 1
+                continue
+            start = c * stride
+            mean = means[i]
+            inv = inv_stds[i]
+            for t in range(m):
+                cn[t] = (x[start + t] - mean) * inv
+            keogh_query_contrib(cn, q_upper, q_lower, contrib_eq)
+            if lazy_env:
+                window_envelope(cn, w, cu, cl)
+            else:
+                for t in range(m):
+                    cu[t] = (env_upper[start + t] - mean) * inv
+                    cl[t] = (env_lower[start + t] - mean) * inv
+            if lb_keogh_data_env(cu, cl, blocks, q, prune, contrib_ec) >= prune:
+                stats[3] += 1
+                continue
+            acc_r = 0.0
+            acc_c = 0.0
+            for t in range(m - 1, -1, -1):
+                acc_r += contrib_eq[t]
+                acc_c += contrib_ec[t]
+                cbr[t, nb] = acc_r
+                cbc[t, nb] = acc_c
+            cbr[m, nb] = 0.0
+            for t in range(m, m + w + 2):
+                cbc[t, nb] = 0.0
+            for t in range(m):
+                bc[t, nb] = cn[t]
+            ids[nb] = c
+            nb += 1
+            if nb == LANES:
+                count, threshold = _flush(bc, cbr, cbc, ids, nb, q, w, k, radius, pool_d,
+                                          pool_s, count, threshold, stats, work)
+                prune = threshold * (1.0 + PRUNE_SLACK)
+                nb = 0
+    if nb:
+        count, threshold = _flush(bc, cbr, cbc, ids, nb, q, w, k, radius, pool_d, pool_s,
+                                  count, threshold, stats, work)
     return count, threshold, c1

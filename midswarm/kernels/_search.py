@@ -28,9 +28,10 @@ import numba
 import numpy as np
 from numba import prange
 
+from ._bounds import block_order
 from ._cascade import N_STATS, pool_threshold, scan_chunk, select_greedy
-from ._dtw import dtw_sq_pairs
-from ._envelope import envelope, envelope_range, flat_inverse, window_stats, znormalize
+from ._dtw import LANES, dtw_sq_pairs
+from ._envelope import FLAT_ATOL, FLAT_RTOL, STATS_BLOCK, envelope_range, flat_inverse, znormalize
 from ._validate import (
     as_matrix,
     as_series,
@@ -41,32 +42,42 @@ from ._validate import (
 __all__ = ["KnnResult", "PatternLibrary", "SearchStats", "dtw_knn", "dtw_knn_stats"]
 
 
-# Candidates per chunk: large enough to amortise a parallel round, small
-# enough that the shared threshold is refreshed often.
-_MIN_CHUNK = 2048
-_MAX_CHUNK = 65536
+# Candidates per chunk: each thread gets about _ROUNDS chunks, so a round
+# (a parallel launch plus merging pools in Python, ~0.1 ms) is amortised while
+# the shared threshold is still refreshed a few times.
+_MIN_CHUNK = 4096
+_ROUNDS = 4
+
+
+# Starting-threshold sample: this many candidates per wanted match, at least _SEED_MIN.
+_SEED_PER_K = 16
+_SEED_MIN = 64
+_SEED_MARGIN = 1e-9
 
 
 def _pool_capacity(k: int, radius: int) -> int:
-    # k picks 2*exclusion apart exist among any k * (4 * exclusion + 1)
-    # consecutive candidates, so the first chunk rarely needs to grow its pool.
-    return max(256, 2 * k * (2 * radius + 1))
+    # Room for a block of candidates plus a threshold's worth of entries: k
+    # picks 2*exclusion apart exist among any k * (4 * exclusion + 1)
+    # consecutive candidates, so a chunk rarely needs to grow its pool.
+    return max(1024, STATS_BLOCK + LANES + 2 * k * (2 * radius + 1))
 
 
 @dataclass(frozen=True)
 class SearchStats:
     """How the candidates of one search were disposed of.
 
-    Every candidate is counted once, at the first stage that rejected it;
-    ``dtw_full`` counts those whose DTW ran to the end.
+    Every candidate is counted once, at the stage that settled it: pruned by
+    one of the three lower bounds, rejected by DTW (abandoned early or not
+    below the threshold at the end), or accepted by DTW (it entered the pool
+    of possible answers).
     """
 
     candidates: int
     pruned_kim: int
     pruned_keogh_query: int
     pruned_keogh_data: int
-    dtw_abandoned: int
-    dtw_full: int
+    dtw_rejected: int
+    dtw_accepted: int
 
     def shares(self) -> dict[str, float]:
         """Fraction of all candidates settled at each stage."""
@@ -75,8 +86,8 @@ class SearchStats:
             "lb_kim": self.pruned_kim / total,
             "lb_keogh_query": self.pruned_keogh_query / total,
             "lb_keogh_data": self.pruned_keogh_data / total,
-            "dtw_abandoned": self.dtw_abandoned / total,
-            "dtw_full": self.dtw_full / total,
+            "dtw_rejected": self.dtw_rejected / total,
+            "dtw_accepted": self.dtw_accepted / total,
         }
 
 
@@ -91,37 +102,48 @@ class KnnResult:
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _scan_round(
-    x: np.ndarray, env_upper: np.ndarray, env_lower: np.ndarray, means: np.ndarray,
-    inv_stds: np.ndarray, stride: int, los: np.ndarray, his: np.ndarray, q: np.ndarray,
-    q_upper: np.ndarray, q_lower: np.ndarray, order: np.ndarray, w: int, k: int,
-    radius: int, pools_d: np.ndarray, pools_s: np.ndarray, counts: np.ndarray,
-    threshold: float, stats: np.ndarray, thresholds: np.ndarray, resume: np.ndarray,
+    x: np.ndarray, env_upper: np.ndarray, env_lower: np.ndarray, stream_stats: bool,
+    stride: int, los: np.ndarray, his: np.ndarray, q: np.ndarray, q_upper: np.ndarray,
+    q_lower: np.ndarray, blocks: np.ndarray, w: int, k: int, radius: int,
+    pools_d: np.ndarray, pools_s: np.ndarray, counts: np.ndarray, threshold: float,
+    stats: np.ndarray, thresholds: np.ndarray, resume: np.ndarray,
 ) -> None:
     for r in prange(los.shape[0]):
         cnt, thr, nxt = scan_chunk(
-            x, env_upper, env_lower, means, inv_stds, stride, los[r], his[r], q,
-            q_upper, q_lower, order, w, k, radius, pools_d[r], pools_s[r], counts[r],
-            threshold, stats[r],
+            x, env_upper, env_lower, stream_stats, stride, los[r], his[r], q, q_upper,
+            q_lower, blocks, w, k, radius, pools_d[r], pools_s[r], counts[r], threshold,
+            stats[r],
         )
         counts[r] = cnt
         thresholds[r] = thr
         resume[r] = nxt
 
 
+@dataclass(frozen=True)
 class _Prepared:
-    """Everything the cascade needs about the candidates (flat buffer layout)."""
+    """Everything the cascade needs about the candidates (flat buffer layout).
 
-    def __init__(
-        self, x: np.ndarray, env_upper: np.ndarray, env_lower: np.ndarray,
-        means: np.ndarray, inv_stds: np.ndarray, stride: int, n_cand: int,
-    ) -> None:
-        self.x = x
-        self.env_upper = env_upper
-        self.env_lower = env_lower
-        self.means = means
-        self.inv_stds = inv_stds
-        self.stride = stride
-        self.n_cand = n_cand
+    ``stream_stats``: z-normalise windows of ``x`` on the fly; otherwise the
+    candidates are used as stored.  Empty envelopes: computed per candidate.
+    """
+
+    x: np.ndarray
+    env_upper: np.ndarray
+    env_lower: np.ndarray
+    stream_stats: bool
+    stride: int
+    n_cand: int
+
+    def windows(self, rows: np.ndarray, m: int) -> np.ndarray:
+        """Candidates *rows* as a normalised ``(len(rows), m)`` matrix."""
+        idx = (rows * self.stride)[:, None] + np.arange(m)
+        win = self.x[idx]
+        if not self.stream_stats:
+            return win
+        mean = win.mean(axis=1, keepdims=True)
+        std = win.std(axis=1, keepdims=True)
+        flat = (std <= FLAT_RTOL * np.abs(mean)) | (std < FLAT_ATOL)
+        return np.where(flat, 0.0, (win - mean) / np.where(flat, 1.0, std))
 
 
 def _prepare_query(q: np.ndarray, w: int, znorm: bool) -> tuple[np.ndarray, ...]:
@@ -130,8 +152,7 @@ def _prepare_query(q: np.ndarray, w: int, znorm: bool) -> tuple[np.ndarray, ...]
     q_upper = np.empty(m)
     q_lower = np.empty(m)
     envelope_range(qn, w, 0, m, q_upper, q_lower)
-    order = np.argsort(-np.abs(qn), kind="stable").astype(np.int64)
-    return qn, q_upper, q_lower, order
+    return qn, q_upper, q_lower, block_order(qn)
 
 
 def _merge_pools(
@@ -148,24 +169,47 @@ def _merge_pools(
     return np.ascontiguousarray(d[first]), np.ascontiguousarray(s[first])
 
 
+def _seed_threshold(prep: _Prepared, qn: np.ndarray, w: int, k: int, radius: int) -> float:
+    """A finite starting threshold from a sample of well-separated candidates.
+
+    Any k candidates more than ``radius`` apart bound the answer (see
+    :mod:`._cascade`), so the k-th smallest distance in an evenly spaced
+    sample is a valid threshold before the scan has seen anything.  The
+    margin covers the rounding differences between this normalisation and the
+    scan's own.
+    """
+    m = qn.shape[0]
+    spacing = radius + 1
+    available = (prep.n_cand - 1) // spacing + 1
+    if available < k:
+        return np.inf
+    sample = min(available, max(_SEED_MIN, _SEED_PER_K * k))
+    rows = np.linspace(0, (available - 1) * spacing, sample)
+    rows = (np.round(rows / spacing) * spacing).astype(np.int64)
+    cands = prep.windows(rows, m)
+    zeros = np.zeros(sample, dtype=np.int64)
+    dist = dtw_sq_pairs(qn[None, :], np.ascontiguousarray(cands), zeros,
+                        np.arange(sample, dtype=np.int64), w)
+    return float(np.partition(dist, k - 1)[k - 1]) * (1.0 + _SEED_MARGIN)
+
+
 def _search(
     prep: _Prepared, q: np.ndarray, w: int, k: int, exclusion: int, znorm: bool
 ) -> KnnResult:
-    qn, q_upper, q_lower, order = _prepare_query(q, w, znorm)
+    qn, q_upper, q_lower, blocks = _prepare_query(q, w, znorm)
     radius = 2 * exclusion
     n_cand = prep.n_cand
     threads = numba.get_num_threads()
-    chunk = int(min(_MAX_CHUNK, max(_MIN_CHUNK, n_cand // (8 * threads))))
+    chunk = max(_MIN_CHUNK, -(-n_cand // (_ROUNDS * threads)))
     base_cap = _pool_capacity(k, radius)
     stats = np.zeros(N_STATS, dtype=np.int64)
     pool_d = np.empty(0)
     pool_s = np.empty(0, dtype=np.int64)
-    threshold = np.inf
+    threshold = _seed_threshold(prep, qn, w, k, radius)
     pos = 0
-    first_round = True
     while pos < n_cand:
-        n_chunks = 1 if first_round else threads
-        first_round = False
+        # Without a threshold yet, one chunk alone finds one for the others.
+        n_chunks = 1 if threshold == np.inf else threads
         los = np.arange(n_chunks, dtype=np.int64) * chunk + pos
         los = los[los < n_cand]
         his = np.minimum(los + chunk, n_cand)
@@ -180,9 +224,9 @@ def _search(
         thresholds = np.empty(n_chunks)
         resume = np.empty(n_chunks, dtype=np.int64)
         _scan_round(
-            prep.x, prep.env_upper, prep.env_lower, prep.means, prep.inv_stds,
-            prep.stride, los, his, qn, q_upper, q_lower, order, w, k, radius,
-            pools_d, pools_s, counts, threshold, round_stats, thresholds, resume,
+            prep.x, prep.env_upper, prep.env_lower, prep.stream_stats, prep.stride, los,
+            his, qn, q_upper, q_lower, blocks, w, k, radius, pools_d, pools_s, counts,
+            threshold, round_stats, thresholds, resume,
         )
         parts_d = []
         parts_s = []
@@ -199,20 +243,23 @@ def _search(
                 big_d[: c_d.shape[0]] = c_d
                 big_s[: c_s.shape[0]] = c_s
                 cnt, thr, nxt = scan_chunk(
-                    prep.x, prep.env_upper, prep.env_lower, prep.means, prep.inv_stds,
-                    prep.stride, resume[r], his[r], qn, q_upper, q_lower, order, w, k,
-                    radius, big_d, big_s, c_d.shape[0], thr, round_stats[r],
+                    prep.x, prep.env_upper, prep.env_lower, prep.stream_stats, prep.stride,
+                    resume[r], his[r], qn, q_upper, q_lower, blocks, w, k, radius, big_d,
+                    big_s, c_d.shape[0], thr, round_stats[r],
                 )
                 c_d = big_d[:cnt]
                 c_s = big_s[:cnt]
                 resume[r] = nxt
+            thresholds[r] = thr
             parts_d.append(c_d)
             parts_s.append(c_s)
         stats += round_stats.sum(axis=0)
         pool_d, pool_s = _merge_pools(parts_d, parts_s)
-        threshold, count = pool_threshold(pool_d, pool_s, pool_d.shape[0], k, radius)
-        pool_d = pool_d[:count]
-        pool_s = pool_s[:count]
+        merged, count = pool_threshold(pool_d, pool_s, pool_d.shape[0], k, radius)
+        threshold = min(threshold, merged, float(thresholds.min()))
+        keep = count if merged < np.inf else int(np.searchsorted(pool_d, threshold))
+        pool_d = pool_d[:keep]
+        pool_s = pool_s[:keep]
         pos = int(his[-1])
     picks = np.empty(k, dtype=np.int64)
     n_picked, _ = select_greedy(pool_d, pool_s, pool_d.shape[0], k, exclusion, picks)
@@ -279,9 +326,7 @@ class PatternLibrary:
         normed, upper, lower = _prepare_rows(rows, self.window, self.znorm)
         self.patterns = normed
         n, m = rows.shape
-        self._prep = _Prepared(
-            normed.ravel(), upper.ravel(), lower.ravel(), np.zeros(n), np.ones(n), m, n
-        )
+        self._prep = _Prepared(normed.ravel(), upper.ravel(), lower.ravel(), False, m, n)
 
     def __len__(self) -> int:
         return int(self.patterns.shape[0])
@@ -344,14 +389,8 @@ def dtw_knn_stats(
             f"query: length {m} is longer than series (length {x.shape[0]})"
         )
     excl = m // 4 if exclusion is None else check_window("exclusion", exclusion)
-    if zn:
-        means, inv_stds = window_stats(x, m)
-    else:
-        n_cand = x.shape[0] - m + 1
-        means = np.zeros(n_cand)
-        inv_stds = np.ones(n_cand)
-    env_upper, env_lower = envelope(x, w)
-    prep = _Prepared(x, env_upper, env_lower, means, inv_stds, 1, means.shape[0])
+    # No envelope arrays: the cascade builds each candidate's own when needed.
+    prep = _Prepared(x, np.empty(0), np.empty(0), zn, 1, x.shape[0] - m + 1)
     return _search(prep, q, w, k, excl, zn)
 
 
