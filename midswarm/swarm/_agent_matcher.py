@@ -46,11 +46,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import trio
 
 from ..actors import Actor
 from ..kernels import PatternLibrary
 from ..reasoning import PARAMETER_LIMITS, AdaptationCommand
+from ._agent_util import check_threads, run_kernel
 from ._protocol import Match, PatternLibraryAdd, PatternMatchResult, PatternMatchTask
 
 __all__ = [
@@ -286,9 +286,10 @@ class PatternMatcher(Actor):
       ``"stats"`` -> library size and counts of applied/ignored commands.
 
     ``parameters`` may hold the four matcher parameters (checked against
-    :data:`MATCHER_LIMITS`; the rest default to :data:`MATCHER_DEFAULTS`);
-    other keys are kept in :attr:`extra` and otherwise ignored, so a
-    coordinator can pass its own settings (shard numbers, ...) alongside.
+    :data:`MATCHER_LIMITS`; the rest default to :data:`MATCHER_DEFAULTS`) and
+    ``threads``, the numba threads of one search (default 1, see
+    :func:`run_kernel`); other keys are kept in :attr:`extra` and otherwise
+    ignored, so a coordinator can pass its own settings alongside.
 
     A malformed message raises :class:`ValueError`/:class:`TypeError` naming
     the problem, which (actor semantics) fails the ``ask`` and restarts the
@@ -300,6 +301,7 @@ class PatternMatcher(Actor):
         known = {k: v for k, v in given.items() if k in MATCHER_LIMITS}
         self.agent_id = agent_id
         self.extra = {k: v for k, v in given.items() if k not in MATCHER_LIMITS}
+        self.threads = check_threads(self.extra.pop("threads", 1))
         self.params: dict[str, float | int] = dict(MATCHER_DEFAULTS)
         self.params.update(check_matcher_parameters(known))
         # Two parts: a large one, prepared rarely, and the recent additions,
@@ -365,7 +367,7 @@ class PatternMatcher(Actor):
         self._known.update(ids[fresh].tolist())
         if len(self._recent) >= max(256, len(self._main) // 4):
             self._main.extend(self._recent.vectors, self._recent.ids, self._recent.outcomes)
-            self._recent = _Part(self._length)
+            self._recent = _Part(int(vectors.shape[1]))
         return len(self)
 
     # -- queries ------------------------------------------------------------------
@@ -387,9 +389,8 @@ class PatternMatcher(Actor):
             if query.shape[0] != self._length:
                 raise ValueError(f"PatternMatchTask.window: length {query.shape[0]} differs "
                                  f"from the library's patterns (length {self._length})")
-            matches = await trio.to_thread.run_sync(
-                _search, (self._main, self._recent), query, int(params["k"]),
-                int(params["window"]))
+            matches = await run_kernel(self.threads, _search, (self._main, self._recent),
+                                       query, int(params["k"]), int(params["window"]))
         elapsed = (time.perf_counter() - started) * 1000.0
         return summarise(query, matches, params, elapsed, task.context, len(self))
 

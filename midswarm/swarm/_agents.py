@@ -14,17 +14,18 @@ restarts the instance.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-import trio
 from scipy import stats
 
 from ..actors import Actor
 from ..kernels import features, influence_rank, lcss_matrix, mlp
 from ._agent_bank import ReasoningBankActor
 from ._agent_matcher import PatternMatcher
+from ._agent_util import check_threads, run_kernel
 from ._protocol import (
     AGENT_TYPES,
     CorrelationTask,
@@ -84,7 +85,8 @@ class StrategyCorrelator(Actor):
     ``matrix`` is :func:`~midswarm.kernels.lcss_matrix` of the strategies'
     signals (``epsilon`` and ``window`` from the task), ``influence`` the
     :func:`~midswarm.kernels.influence_rank` of that matrix (damping from
-    ``parameters["damping"]``, default 0.85) and ``rank_correlation`` the
+    ``parameters["damping"]``, default 0.85; ``parameters["threads"]``: numba
+    threads, default 1) and ``rank_correlation`` the
     Spearman correlation of :func:`rank_correlation`.  Names default to
     ``s0, s1, ...``; given names must be one per strategy.
     """
@@ -92,6 +94,7 @@ class StrategyCorrelator(Actor):
     def __init__(self, agent_id: str, parameters: Mapping[str, Any] | None = None) -> None:
         params = dict(parameters or {})
         self.agent_id = agent_id
+        self.threads = check_threads(params.get("threads", 1))
         self.damping = float(params.get("damping", 0.85))
         if not 0.0 < self.damping < 1.0:
             raise ValueError(f"parameters['damping'] must be in (0, 1), got {self.damping!r}")
@@ -107,7 +110,7 @@ class StrategyCorrelator(Actor):
         if len(names) != signals.shape[0]:
             raise ValueError(f"CorrelationTask.names: {len(names)} names for "
                              f"{signals.shape[0]} strategies")
-        return await trio.to_thread.run_sync(self._correlate, signals, names, msg)
+        return await run_kernel(self.threads, self._correlate, signals, names, msg)
 
     def _correlate(self, signals: np.ndarray, names: list[str], msg: CorrelationTask
                    ) -> StrategyCorrelation:
@@ -124,13 +127,16 @@ class FeatureEngineer(Actor):
     ``parameters`` and then ``task.params`` may set the feature options
     (``window``, ``ema_span``, ``rsi_period``, ``macd_fast``, ``macd_slow``,
     ``macd_signal``, ``bollinger_k``, ``atr_period``, ``vol_window``); an
-    unknown option raises :class:`ValueError`.  ``values`` is a C-ordered
+    unknown option raises :class:`ValueError`.  ``parameters["threads"]`` sets
+    the numba threads of one computation (default 1).  ``values`` is a C-ordered
     ``(bars, columns)`` float64 array; rows without enough history are NaN.
     """
 
     def __init__(self, agent_id: str, parameters: Mapping[str, Any] | None = None) -> None:
+        options = dict(parameters or {})
         self.agent_id = agent_id
-        self.options = self._options(parameters or {}, "parameters")
+        self.threads = check_threads(options.pop("threads", 1))
+        self.options = self._options(options, "parameters")
 
     @staticmethod
     def _options(values: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -149,7 +155,7 @@ class FeatureEngineer(Actor):
         if ohlcv.ndim != 2 or ohlcv.shape[1] != 5:
             raise ValueError(f"FeatureTask.ohlcv must have shape (bars, 5) (open, high, low, "
                              f"close, volume), got {ohlcv.shape}")
-        frame = await trio.to_thread.run_sync(lambda: features(ohlcv, **options))
+        frame = await run_kernel(self.threads, functools.partial(features, ohlcv, **options))
         return FeatureBlock(names=list(frame.columns),
                             values=np.ascontiguousarray(frame.values))
 
@@ -172,7 +178,7 @@ class NeuralTrainer(Actor):
         if x.ndim != 2 or x.shape[0] == 0:
             raise ValueError(f"TrainStep.x must be a non-empty (samples, inputs) array, got "
                              f"shape {x.shape}")
-        value, grads = await trio.to_thread.run_sync(mlp.loss_and_grads, msg.params, x, msg.y)
+        value, grads = await run_kernel(1, mlp.loss_and_grads, msg.params, x, msg.y)
         self.steps += 1
         return Gradients(model_version=msg.model_version, grads=grads, batch_size=x.shape[0],
                          loss=value)

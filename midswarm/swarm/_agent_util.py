@@ -1,0 +1,44 @@
+"""What the behaviours share: running a kernel in a worker thread."""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numba
+import trio
+
+__all__ = ["check_threads", "run_kernel"]
+
+T = TypeVar("T")
+
+
+def check_threads(value: Any, name: str = "parameters['threads']") -> int:
+    """A kernel thread count: an int from 1 to numba's configured maximum."""
+    limit = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not 1 <= int(value) <= limit:
+        raise ValueError(f"{name} must be an int from 1 to {limit}, got {value!r}")
+    return int(value)
+
+
+def _call_with_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
+    numba.set_num_threads(threads)  # thread-local: affects this worker thread only
+    return fn(*args)
+
+
+async def run_kernel(threads: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a Trio worker thread whose numba parallel kernels use
+    ``threads`` threads.
+
+    The numba kernels release the GIL, so the agent's event loop keeps serving
+    its streams meanwhile.  One thread per call is the behaviours' default: a
+    swarm gets its parallelism from many agents, and on a busy machine a
+    parallel region over small work mostly waits for descheduled threads.
+    Not cancellable once started (the kernels cannot be interrupted); the
+    caller's cancellation takes effect when it returns.
+    """
+    return await trio.to_thread.run_sync(functools.partial(_call_with_threads, threads, fn,
+                                                           *args))
