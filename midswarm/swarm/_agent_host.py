@@ -55,6 +55,7 @@ from ..actors import (
     ActorRef,
     Backoff,
     ChildSpec,
+    RestartIntensityExceeded,
     SupervisionEvent,
     open_supervisor,
     serve_actor,
@@ -192,7 +193,8 @@ class _Agent:
             raise
         except BaseExceptionGroup as group:
             leaves = flatten_errors(group)
-            refused = [e for e in leaves if isinstance(e, AgentRefused | _SessionOver)]
+            refused = [e for e in leaves if isinstance(
+                e, AgentRefused | _SessionOver | RestartIntensityExceeded)]
             if refused:
                 raise refused[0] from None
             if all(isinstance(e, _CONNECTION_ERRORS) for e in leaves):
@@ -404,6 +406,15 @@ async def run_agent(coordinator: tuple[str, int] | ConnectionFactory, agent_id: 
             log.warning("agent %s: %s; retrying in %g s", agent_id, refused, refused.retry_after)
             await trio.sleep(refused.retry_after * (1 + 0.2 * random.random()))
             continue
+        except RestartIntensityExceeded as exc:
+            # The actors keep crashing: start over with fresh ones.
+            over = _SessionOver(False, f"actors gave up: {exc}", True)
+            if not reconnect:
+                raise
+            failures += 1
+            delay = backoff.delay(failures, random.random())
+            log.error("agent %s: %s; reconnecting in %.2f s", agent_id, over.reason, delay)
+            await trio.sleep(delay)
         except _SessionOver as over:
             if over.drained:
                 log.info("agent %s: drained by the coordinator; stopping", agent_id)

@@ -100,8 +100,10 @@ async def _run_coordinator(args: argparse.Namespace, cfg: SwarmConfig) -> int:
                   f"{coord.host}:{coord.port} (UDP/QUIC, client certificates "
                   f"{'not ' if args.no_client_certs else ''}required)", flush=True)
             if args.spawn:
-                for agent_id, agent_type in agent_ids(check_composition(cfg.agents)).items():
-                    await coord.spawn_agent(agent_id, [agent_type], certs)
+                ids = agent_ids(check_composition(cfg.agents))
+                threads = max(1, (os.cpu_count() or 1) // max(1, len(ids)))
+                for agent_id, agent_type in ids.items():
+                    await coord.spawn_agent(agent_id, [agent_type], certs, threads=threads)
             async with open_service_nursery() as nursery:
                 if args.status_interval > 0:
                     nursery.start_soon(_report_status, coord, args.status_interval)

@@ -399,6 +399,11 @@ class Coordinator:
 
     async def _drain_sessions(self, sessions: list[AgentSession], reason: str) -> None:
         for session in sessions:
+            matcher = session.links.get("pattern_matcher")
+            if matcher is not None and not self.closing:
+                # Hand its shard on first, so queries stay complete meanwhile.
+                with trio.move_on_after(self.config.task_timeout):
+                    await self._library.leave(matcher)
             session.draining = True
             for link in session.links.values():
                 link.accepting = False
@@ -410,28 +415,30 @@ class Coordinator:
         with trio.move_on_after(self.config.drain_timeout):
             for session in sessions:
                 for link in session.links.values():
-                    while link.in_flight:
-                        await self._dispatcher.wait_idle()
+                    await self._dispatcher.wait_link_idle(link)
         for session in sessions:
             session.end(f"drained: {reason}")
 
     # -- spawning agent processes --------------------------------------------------------
 
     async def spawn_agent(self, agent_id: str, types: Iterable[str], certs: str | os.PathLike[str],
-                          *, server_name: str = "localhost", extra_args: Iterable[str] = ()
-                          ) -> None:
+                          *, server_name: str = "localhost", extra_args: Iterable[str] = (),
+                          threads: int | None = None) -> None:
         """Start ``python -m midswarm agent`` for ``agent_id`` hosting ``types``,
         supervised: restarted (with backoff) when it dies, stopped with the
         coordinator.  ``certs`` must hold ``ca.pem`` and ``<agent_id>.pem/.key``.
-        Returns once the process is started (not yet connected: see
-        :meth:`wait_for_agents`).  Raises :class:`RuntimeError` without a QUIC
-        listener, :class:`ValueError` for a bad id or types.
+        ``threads`` caps the agent's compute threads (``NUMBA_NUM_THREADS``);
+        agents sharing a host should share its cores rather than each start a
+        thread per core.  Returns once the process is started (not yet
+        connected: see :meth:`wait_for_agents`).  Raises :class:`RuntimeError`
+        without a QUIC listener, :class:`ValueError` for a bad id, types or
+        threads, :class:`FileNotFoundError` for missing certificates.
         """
         from ._spawn import spawn_agent
 
         self._check_open()
         await spawn_agent(self, agent_id, list(types), os.fspath(certs), server_name,
-                          list(extra_args))
+                          list(extra_args), threads)
 
     # -- internals for sessions and the spawner ----------------------------------------------
 

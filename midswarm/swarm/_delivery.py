@@ -260,6 +260,11 @@ class Dispatcher:
 
         await link.send(Forward(msg, timeout, settled, reserved))
 
+    async def wait_link_idle(self, link: RemoteActor) -> None:
+        """Return once nothing holds a credit of ``link``."""
+        while link.in_flight:
+            await self._lots[link.agent_type].park()
+
     async def wait_idle(self) -> None:
         """Return once no attempt is in flight anywhere (late ones included)."""
         await self._idle.wait()

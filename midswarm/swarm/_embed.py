@@ -117,6 +117,7 @@ async def open_swarm(agents: Mapping[str, int] | None = None, *,
                      host: str = "127.0.0.1", port: int = 0,
                      factories: Mapping[str, Callable[[str, dict[str, Any]], Any]] | None = None,
                      quic_config: QuicConfig | None = None,
+                     agent_threads: int | None = None,
                      ready_timeout: float = 60.0) -> AsyncIterator[Swarm]:
     """Start a coordinator and its agents; yield a :class:`Swarm` once all are connected.
 
@@ -131,6 +132,10 @@ async def open_swarm(agents: Mapping[str, int] | None = None, *,
     default), ``host``/``port`` where the coordinator listens.
     ``factories`` replaces actor factories for ``spawn="task"`` only (a
     subprocess builds its actors from :data:`AGENT_FACTORIES`).
+    ``agent_threads`` caps each agent process's compute threads (default: the
+    host's cores shared out among the agents, at least one each): agent
+    processes that each start a thread per core on one host fight over the
+    cores, and a parallel kernel waiting for a descheduled thread stalls.
 
     Leaving the block drains and stops everything.  Raises
     :class:`ConfigError` for a bad composition or parameters,
@@ -178,8 +183,10 @@ async def open_swarm(agents: Mapping[str, int] | None = None, *,
             parameters=params, quic_config=quic_config))
         if spawn == "process":
             assert certs_dir is not None
+            threads = agent_threads if agent_threads is not None else max(
+                1, (os.cpu_count() or 1) // max(1, len(ids)))
             for agent_id, agent_type in ids.items():
-                await coord.spawn_agent(agent_id, [agent_type], certs_dir)
+                await coord.spawn_agent(agent_id, [agent_type], certs_dir, threads=threads)
             await coord.wait_for_agents(list(ids), timeout=ready_timeout)
             yield Swarm(coord, ids, spawn, certs_dir)
             return

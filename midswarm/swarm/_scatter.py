@@ -264,6 +264,18 @@ class PatternShards:
             finally:
                 self._end()
 
+    def forget(self, link: RemoteActor) -> None:
+        """Drop a member without handing its patterns on (the coordinator is
+        shutting down); they become unowned."""
+        if self._members.pop(link.name, None) is None:
+            return
+        self._counts.pop(link.name, None)
+        for ident in [i for i, owner in self._owner.items() if owner == link.name]:
+            del self._owner[ident]
+        self._epoch += 2
+        self._changed.set()
+        self._changed = trio.Event()
+
     def shard_sizes(self) -> dict[str, int]:
         """Member name -> number of patterns it owns."""
         return dict(self._counts)
@@ -300,7 +312,10 @@ class PatternShards:
                 continue
             epoch = self._epoch
             if not await dispatcher.acquire_all(members):
-                await trio.lowlevel.checkpoint()
+                # A member stopped taking tasks (draining, gone): its shard is
+                # about to move.  Wait for that rather than spin.
+                with trio.move_on_after(cfg.task_timeout):
+                    await self._changed.wait()
                 continue
             rounds += 1
             if rounds > 1:

@@ -259,8 +259,12 @@ class AgentSession:
                         pass
         matcher = session.links.get("pattern_matcher")
         if matcher is not None:
-            with trio.move_on_after(0 if coord.closing else coord.config.task_timeout):
-                await coord._library.leave(matcher)
+            if coord.closing:
+                coord._library.forget(matcher)
+            else:
+                with trio.move_on_after(coord.config.task_timeout):
+                    await coord._library.leave(matcher)
+                coord._library.forget(matcher)  # if leaving timed out
 
     async def _send_heartbeats(self) -> None:
         interval = self.coord.config.heartbeat_interval

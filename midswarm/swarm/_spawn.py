@@ -52,9 +52,10 @@ class _Exited:
 class SpawnedAgent:
     """The coordinator's record of one agent it spawned."""
 
-    def __init__(self, agent_id: str, argv: list[str]) -> None:
+    def __init__(self, agent_id: str, argv: list[str], env: dict[str, str]) -> None:
         self.agent_id = agent_id
         self.argv = argv
+        self.env = env
         self.pid: int | None = None
         self.starts = 0
         self.last_returncode: int | None = None
@@ -112,7 +113,8 @@ async def _terminate(process: trio.Process) -> None:
 
 async def _watch(coord: Coordinator, spawned: SpawnedAgent,
                  task_status: trio.TaskStatus[trio.Process]) -> None:
-    process = await trio.lowlevel.open_process(spawned.argv, stdin=subprocess.PIPE)
+    process = await trio.lowlevel.open_process(spawned.argv, stdin=subprocess.PIPE,
+                                               env=spawned.env)
     spawned.pid = process.pid
     spawned.starts += 1
     spawned.exited = trio.Event()
@@ -143,7 +145,7 @@ async def _watch(coord: Coordinator, spawned: SpawnedAgent,
 
 
 async def spawn_agent(coord: Coordinator, agent_id: str, types: list[str], certs: str,
-                      server_name: str, extra_args: list[str]) -> None:
+                      server_name: str, extra_args: list[str], threads: int | None) -> None:
     """See :meth:`Coordinator.spawn_agent`."""
     from ._agent_host import _check_types
     from ._agents import AGENT_FACTORIES
@@ -163,7 +165,12 @@ async def spawn_agent(coord: Coordinator, agent_id: str, types: list[str], certs
     argv = [sys.executable, "-m", "midswarm", "agent", "--coordinator", f"{host}:{coord.port}",
             "--id", agent_id, "--types", ",".join(types), "--certs", certs,
             "--server-name", server_name, "--exit-on-stdin-eof", *extra_args]
-    spawned = SpawnedAgent(agent_id, argv)
+    env = dict(os.environ)
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+        env["NUMBA_NUM_THREADS"] = str(threads)
+    spawned = SpawnedAgent(agent_id, argv, env)
     from ._coordinator import AgentRecord
 
     record = coord._records.get(agent_id)

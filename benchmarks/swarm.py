@@ -1,0 +1,169 @@
+"""Swarm benchmark: pattern-match tasks through the coordinator vs the kernel in-process.
+
+Run from the repository root::
+
+    python benchmarks/swarm.py           # about a minute
+    python benchmarks/swarm.py --quick   # smoke run, everything shrunk
+
+One library of random-walk patterns, one set of query windows, the same
+search (banded DTW k-NN, z-normalised, k=10, band 8) three ways:
+
+``kernel, in-process``
+    :meth:`midswarm.kernels.PatternLibrary.knn` on the whole library, one
+    query after another, in this process, with numba's default thread count
+    (the reference) and with one thread.
+``swarm, 2 agent processes (QUIC)``
+    ``open_swarm({"pattern_matcher": 2}, spawn="process")``: a coordinator in
+    this process, two ``midswarm agent`` processes on loopback QUIC with
+    mutual TLS, the library sharded between them; each query is scattered to
+    both and their top-k merged.  Each agent process gets its share of the
+    cores for its kernels (``open_swarm``'s default ``agent_threads``).
+``swarm, 2 in-process agents (memory)``
+    the same with ``spawn="task"``: agents as tasks of this process over the
+    in-memory transport (no sockets), to separate coordination from QUIC.
+
+The three are timed query by query in turn (interleaved, so load drifting on
+a shared machine hits them alike).  Per row: *sequential* end-to-end latency
+(one query at a time: p50, p99),
+*coordination overhead* per task (end-to-end time minus the slowest shard's
+own search time, ``PatternMatchResult.compute_time_ms``: scatter, framing,
+QUIC, merge, all of the coordinator's and agents' bookkeeping), and
+*pipelined* throughput (``coord.map`` with 8 tasks in flight; the kernel's
+is its sequential rate).  Ratios are
+against the in-process kernel.  Every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+import numba
+import numpy as np
+import trio
+
+from midswarm.kernels import PatternLibrary
+from midswarm.swarm import CoordinatorConfig, PatternMatchTask, open_swarm
+
+K = 10
+BAND = 8
+
+
+def workload(patterns: int, length: int, queries: int) -> tuple[np.ndarray, np.ndarray,
+                                                                   np.ndarray]:
+    rng = np.random.default_rng(42)
+    lib = np.cumsum(rng.normal(size=(patterns, length)), axis=1)
+    # The swarm's store keeps float32; give the kernel the same numbers.
+    lib = lib.astype(np.float32).astype(np.float64)
+    outcomes = rng.normal(size=patterns)
+    qs = np.cumsum(rng.normal(size=(queries, length)), axis=1)
+    return lib, outcomes, qs
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget: float
+                  ) -> list[dict[str, Any]]:
+    """Open both swarms, then time the three ways query by query, interleaved
+    (so load drifting on a shared machine hits all three alike), then their
+    pipelined throughput."""
+    cfg = CoordinatorConfig(task_timeout=30.0, credit=4)
+    params = {"k": K, "window": BAND}
+    tasks = [PatternMatchTask(window=q, params=params) for q in qs]
+    library = PatternLibrary(lib, BAND, True)
+    async with open_swarm({"pattern_matcher": 2}, spawn="process", config=cfg,
+                          parameters={"pattern_matcher": params}) as quic, \
+            open_swarm({"pattern_matcher": 2}, spawn="task", config=cfg,
+                       parameters={"pattern_matcher": params}) as memory:
+        swarms = {"quic": quic, "memory": memory}
+        for swarm in swarms.values():
+            await swarm.add_patterns(lib, outcomes)
+            for task in tasks[:5]:  # warm up: numba caches, library preparation
+                await swarm.submit(task)
+        library.knn(qs[0], K)
+        lat: dict[str, list[float]] = {"kernel": [], "kernel1": [], "quic": [], "memory": []}
+        threads = numba.get_num_threads()
+        overhead: dict[str, list[float]] = {"quic": [], "memory": []}
+        deadline = time.perf_counter() + budget
+        for q, task in zip(qs, tasks, strict=True):
+            t = time.perf_counter()
+            library.knn(q, K)
+            lat["kernel"].append(time.perf_counter() - t)
+            numba.set_num_threads(1)  # this thread only
+            t = time.perf_counter()
+            library.knn(q, K)
+            lat["kernel1"].append(time.perf_counter() - t)
+            numba.set_num_threads(threads)
+            for key, swarm in swarms.items():
+                t = time.perf_counter()
+                result = await swarm.submit(task)
+                elapsed = time.perf_counter() - t
+                lat[key].append(elapsed)
+                overhead[key].append(elapsed - result.compute_time_ms / 1e3)
+            if time.perf_counter() > deadline:
+                break
+        tps = {key: len(lat[key]) / sum(lat[key]) for key in ("kernel", "kernel1")}
+        for key, swarm in swarms.items():
+            t = time.perf_counter()
+            done = 0
+            with trio.move_on_after(budget / 2):
+                async for _ in swarm.map(tasks, concurrency=8):
+                    done += 1
+            tps[key] = done / (time.perf_counter() - t)
+            stats = swarm.stats
+            assert stats.failed == 0 and stats.undeliverable == 0, stats
+    names = {"kernel": f"kernel, in-process ({threads} threads)",
+             "kernel1": "kernel, in-process (1 thread)",
+             "quic": "swarm, 2 agent processes (QUIC)",
+             "memory": "swarm, 2 in-process agents (memory)"}
+    return [{"name": names[key], "n": len(lat[key]), "p50": pct(lat[key], 0.5),
+             "p99": pct(lat[key], 0.99),
+             "overhead50": pct(overhead[key], 0.5) if key in overhead else None,
+             "overhead99": pct(overhead[key], 0.99) if key in overhead else None,
+             "tps": tps[key]} for key in names]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    ref = rows[0]
+    head = (f"{'':36} {'tasks':>6} {'p50 ms':>8} {'p99 ms':>8} {'overhead p50/p99 ms':>20} "
+            f"{'tasks/s':>9} {'x kernel p50':>13} {'x kernel tasks/s':>17}")
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        over = ("-" if row["overhead50"] is None else
+                f"{row['overhead50'] * 1e3:.3f} / {row['overhead99'] * 1e3:.3f}")
+        lines.append(
+            f"{row['name']:36} {row['n']:>6} {row['p50'] * 1e3:>8.3f} {row['p99'] * 1e3:>8.3f} "
+            f"{over:>20} {row['tps']:>9.0f} {row['p50'] / ref['p50']:>12.2f}x "
+            f"{row['tps'] / ref['tps']:>16.2f}x")
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> None:
+    lib, outcomes, qs = workload(args.patterns, args.length, args.queries)
+    print(f"library: {args.patterns} patterns of length {args.length}; {args.queries} queries; "
+          f"k={K}, band={BAND}", flush=True)
+    rows = await measure(lib, outcomes, qs, args.budget)
+    print(table(rows))
+    quic = rows[2]
+    print(f"\ncoordination overhead per task over QUIC: p50 {quic['overhead50'] * 1e3:.3f} ms "
+          f"(target <= 0.5 ms), p99 {quic['overhead99'] * 1e3:.3f} ms")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--patterns", type=int, default=20000)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--queries", type=int, default=400)
+    parser.add_argument("--budget", type=float, default=20.0,
+                        help="seconds each timed loop may run at most")
+    ns = parser.parse_args()
+    if ns.quick:
+        ns.patterns, ns.queries, ns.budget = 2000, 60, 5.0
+    logging.basicConfig(level=logging.WARNING)
+    trio.run(main, ns)
