@@ -1,0 +1,166 @@
+"""What the demo measures and how it prints it: arms, latencies, the summary."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ._protocol import PatternMatchResult
+
+__all__ = ["ArmStats", "DemoSummary", "LatencyWindow", "percentile"]
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The ``q``-th percentile (0..100, linear interpolation); NaN for no values."""
+    arr = np.fromiter(values, dtype=np.float64)
+    return float(np.percentile(arr, q)) if arr.size else math.nan
+
+
+class LatencyWindow:
+    """Task latencies in seconds: all of them, and those since the last status line."""
+
+    def __init__(self) -> None:
+        self.all: list[float] = []
+        self.since_status: list[float] = []
+
+    def add(self, seconds: float) -> None:
+        self.all.append(seconds)
+        self.since_status.append(seconds)
+
+    def take_interval(self) -> list[float]:
+        """The latencies recorded since the last call."""
+        out, self.since_status = self.since_status, []
+        return out
+
+
+@attrs.define
+class ArmStats:
+    """One arm's pattern-matcher forecasts, judged against what happened.
+
+    A forecast counts when the matcher called it actionable (a qualifying
+    match and enough confidence).  ``hits`` are forecasts whose sign matched
+    the actual move's (zero is its own sign, as the ReasoningBank judges);
+    ``abs_error`` sums ``|expected - actual|`` over the forecasts.
+    """
+
+    name: str
+    windows: int = 0
+    forecasts: int = 0
+    hits: int = 0
+    abs_error: float = 0.0
+    parameters: dict[str, Any] = attrs.Factory(dict)
+
+    def record(self, result: PatternMatchResult, actual: float) -> bool:
+        """Judge one answer; returns whether it was an actionable forecast."""
+        self.windows += 1
+        if not result.market_context.get("actionable", False):
+            return False
+        self.forecasts += 1
+        expected = float(result.expected_outcome)
+        self.hits += int(np.sign(expected) == np.sign(actual))
+        self.abs_error += abs(expected - actual)
+        return True
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.forecasts if self.forecasts else math.nan
+
+    @property
+    def mae(self) -> float:
+        return self.abs_error / self.forecasts if self.forecasts else math.nan
+
+    @property
+    def coverage(self) -> float:
+        return self.forecasts / self.windows if self.windows else math.nan
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _num(x: float, fmt: str = ".4f") -> str:
+    return "n/a" if x is None or math.isnan(x) else format(x, fmt)
+
+
+@attrs.define
+class DemoSummary:
+    """Everything the demo's final summary reports (see :meth:`lines`)."""
+
+    source: str
+    spawn: str
+    agents: dict[str, int]
+    startup_s: float
+    replay_s: float
+    bars: int
+    assets: int
+    tasks_completed: int
+    latency_p50_ms: float
+    latency_p99_ms: float
+    restarts: int
+    verdicts: int
+    adaptations_issued: int
+    adaptations_acked: int
+    patterns: int
+    arms: list[ArmStats]
+    up_share: float
+    judged_windows: int
+    mlp_steps: int
+    mlp_loss: float
+    mlp_zero_loss: float
+    mlp_stale_rejected: int
+    mlp_hit_rate: float
+    mlp_forecasts: int
+    influence: list[tuple[str, float]]
+    correlations: int
+    skipped: list[str] = attrs.Factory(list)
+    stopped_by: str = "duration"
+
+    def lines(self) -> list[str]:
+        """The summary, one line per string, with every field labelled."""
+        composition = ", ".join(f"{t}={n}" for t, n in self.agents.items() if n)
+        rate = self.tasks_completed / self.replay_s if self.replay_s > 0 else math.nan
+        out = [
+            "=== midswarm demo summary ===",
+            f"data: {self.source}",
+            f"agents ({self.spawn}): {composition}",
+            f"startup: {self.startup_s:.2f} s; replay: {self.replay_s:.2f} s "
+            f"(stopped by {self.stopped_by}); bars replayed: {self.bars} per asset x "
+            f"{self.assets} asset(s)",
+            f"tasks: {self.tasks_completed} completed ({_num(rate, '.1f')}/s); latency p50 "
+            f"{_num(self.latency_p50_ms, '.2f')} ms, p99 {_num(self.latency_p99_ms, '.2f')} ms; "
+            f"restarts: {self.restarts}",
+            f"pattern library: {self.patterns} patterns; verdicts: {self.verdicts}; "
+            f"adaptations: {self.adaptations_issued} issued, {self.adaptations_acked} applied",
+            f"judged windows: {self.judged_windows}; share of up moves: {_pct(self.up_share)}",
+        ]
+        for arm in self.arms:
+            params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in sorted(arm.parameters.items()))
+            out.append(
+                f"pattern matcher, {arm.name}: forecasts {arm.forecasts}/{arm.windows} "
+                f"(coverage {_pct(arm.coverage)}); direction hit-rate {_pct(arm.hit_rate)}; "
+                f"forecast MAE {_num(arm.mae, '.5f')}; parameters at the end: {params}")
+        if len(self.arms) == 2:
+            a, b = self.arms
+            if a.forecasts and b.forecasts:
+                out.append(f"learning loop effect: hit-rate {100 * (a.hit_rate - b.hit_rate):+.1f} "
+                           f"points, MAE {a.mae - b.mae:+.5f} ({a.name} minus {b.name})")
+            else:
+                out.append("learning loop effect: not measurable (an arm made no forecasts)")
+        out.append(
+            f"MLP (online, data-parallel): {self.mlp_steps} steps; loss over the last 10 steps "
+            f"{_num(self.mlp_loss)} (predicting zero: {_num(self.mlp_zero_loss)}); stale "
+            f"gradients rejected: {self.mlp_stale_rejected}; direction hit-rate "
+            f"{_pct(self.mlp_hit_rate)} over {self.mlp_forecasts} forecasts")
+        if self.influence:
+            ranking = ", ".join(f"{name} {score:.3f}" for name, score in self.influence)
+            out.append(f"strategy influence ({self.correlations} correlation runs): {ranking}")
+        else:
+            out.append(f"strategy influence: none computed ({self.correlations} runs)")
+        for note in self.skipped:
+            out.append(f"skipped: {note}")
+        return out
