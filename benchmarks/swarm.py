@@ -31,21 +31,30 @@ QUIC, merge, all of the coordinator's and agents' bookkeeping), and
 *pipelined* throughput (``coord.map`` with 8 tasks in flight; the kernel's
 is its sequential rate).  Ratios are
 against the in-process kernel.  Every loop is bounded in count and time.
+OpenMP workers are told to sleep when idle (``OMP_WAIT_POLICY=PASSIVE``, for
+this process and the agents): spinning workers steal the cores the other
+processes need.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from typing import Any
 
-import numba
-import numpy as np
-import trio
+# Before numba loads: OpenMP workers that spin after each parallel region eat
+# the cores of the other processes on these 2-core machines (this process's
+# kernel runs and the agent processes alike).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from midswarm.kernels import PatternLibrary
-from midswarm.swarm import CoordinatorConfig, PatternMatchTask, open_swarm
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import trio  # noqa: E402
+
+from midswarm.kernels import PatternLibrary  # noqa: E402
+from midswarm.swarm import CoordinatorConfig, PatternMatchTask, open_swarm  # noqa: E402
 
 K = 10
 BAND = 8
@@ -145,6 +154,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     lib, outcomes, qs = workload(args.patterns, args.length, args.queries)
+    print(f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} (start)")
     print(f"library: {args.patterns} patterns of length {args.length}; {args.queries} queries; "
           f"k={K}, band={BAND}", flush=True)
     rows = await measure(lib, outcomes, qs, args.budget)
@@ -152,6 +162,7 @@ async def main(args: argparse.Namespace) -> None:
     quic = rows[2]
     print(f"\ncoordination overhead per task over QUIC: p50 {quic['overhead50'] * 1e3:.3f} ms "
           f"(target <= 0.5 ms), p99 {quic['overhead99'] * 1e3:.3f} ms")
+    print(f"load average {os.getloadavg()[0]:.2f} (end)")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ async def test_agent_reconnects_with_0rtt_resumption_over_quic(certs: Path) -> N
     async with open_coordinator(tls=server_tls(certs), config=cfg) as coord, \
             trio.open_nursery() as nursery:
         tickets = SessionTicketStore()
+        assert coord.port is not None
         await nursery.start(functools.partial(
             run_agent, ("127.0.0.1", coord.port), "a1", ["feature_engineer"],
             tls=client_tls(certs, "a1"), factories={"feature_engineer": Doubler},
@@ -78,12 +79,33 @@ async def test_agent_reconnects_with_0rtt_resumption_over_quic(certs: Path) -> N
         await coord.shutdown()
 
 
+async def test_agent_outlives_its_coordinator_and_joins_the_next_one(certs: Path) -> None:
+    cfg = CoordinatorConfig(heartbeat_interval=0.2, heartbeat_timeout=2.0)
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as first:
+            async with open_coordinator(tls=server_tls(certs), config=cfg) as coord:
+                port = coord.port
+                assert port is not None
+                await nursery.start(functools.partial(
+                    run_agent, ("127.0.0.1", port), "a1", ["feature_engineer"],
+                    tls=client_tls(certs, "a1"), factories={"feature_engineer": Doubler}))
+                await coord.wait_for_agents(["a1"], timeout=10)
+                first.cancel()  # the coordinator goes away without a drain
+        # A new coordinator on the same port: the agent finds it by itself.
+        async with open_coordinator(port=port, tls=server_tls(certs), config=cfg) as coord:
+            await coord.wait_for_agents(["a1"], timeout=30)
+            block = await coord.submit(FeatureTask(ohlcv=np.ones((1, 5))))
+            assert block.names == ["a1"]
+        # That coordinator drained it on the way out: the agent returned.
+
+
 async def test_agent_without_a_valid_certificate_never_gets_a_session(
         certs: Path, tmp_path: Path) -> None:
     from midswarm.transport import make_dev_certs
 
     other = make_dev_certs(tmp_path / "other-ca", agents=["a1"])
     async with open_coordinator(tls=server_tls(certs)) as coord:
+        assert coord.port is not None
         with pytest.raises(ConnectionError):
             await run_agent(("127.0.0.1", coord.port), "a1", ["feature_engineer"],
                             tls=ClientTLS(certs / "ca.pem", cert=other / "a1.pem",

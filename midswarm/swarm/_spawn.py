@@ -170,6 +170,9 @@ async def spawn_agent(coord: Coordinator, agent_id: str, types: list[str], certs
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be an int >= 1, got {threads!r}")
         env["NUMBA_NUM_THREADS"] = str(threads)
+        # Agents sharing a host: idle OpenMP workers should sleep, not spin on
+        # cores their neighbours need.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     spawned = SpawnedAgent(agent_id, argv, env)
     from ._coordinator import AgentRecord
 
