@@ -81,11 +81,12 @@ async def test_agent_reconnects_with_0rtt_resumption_over_quic(certs: Path) -> N
 
 async def test_agent_outlives_its_coordinator_and_joins_the_next_one(certs: Path) -> None:
     cfg = CoordinatorConfig(heartbeat_interval=0.2, heartbeat_timeout=2.0)
+    port = 0
     async with trio.open_nursery() as nursery:
         with trio.CancelScope() as first:
             async with open_coordinator(tls=server_tls(certs), config=cfg) as coord:
+                assert coord.port is not None
                 port = coord.port
-                assert port is not None
                 await nursery.start(functools.partial(
                     run_agent, ("127.0.0.1", port), "a1", ["feature_engineer"],
                     tls=client_tls(certs, "a1"), factories={"feature_engineer": Doubler}))
