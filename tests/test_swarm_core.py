@@ -287,3 +287,26 @@ async def test_submit_after_close_and_bad_arguments() -> None:
     with pytest.raises(ValueError, match="unknown agent type"):
         async with swarm_of({"jugglers": 1}):
             pass
+
+
+async def test_a_silent_connection_is_taken_over_by_a_new_hello(
+        autojump_clock: trio.abc.Clock) -> None:
+    async with open_coordinator(config=config(heartbeat_interval=1.0)) as coord:
+        first, server = memory_connection_pair(client_identity="t1")
+        coord.attach(server)
+        control = MessageStream(await first.open_stream())
+        await control.send_message(encode(AgentHello("t1", ["feature_engineer"])))
+        assert isinstance(decode(await control.receive_message()), Welcome)
+        # Heard from just now: a second hello is a live duplicate.
+        reply = await raw_hello(coord, "t1", AgentHello("t1", ["feature_engineer"]))
+        assert isinstance(reply, Refused) and reply.retry_after == 2.0
+        await trio.sleep(2.5)  # the first connection says nothing more
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(
+                run_agent, functools.partial(memory_connector, coord, "t1"), "t1",
+                ["feature_engineer"], factories={"feature_engineer": Probe}))
+            await coord.wait_for_agents(["t1"], timeout=10)
+            assert first.closed
+            assert coord.agents["t1"].sessions == 2
+            assert (await coord.submit(task(2))).names == ["t1"]
+            await coord.shutdown()

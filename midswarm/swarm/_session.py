@@ -10,8 +10,11 @@ Theory of operation
    bytes are not a hello, the protocol version differs, an agent type is
    unknown or repeated, the id does not match the identity the connection
    authenticated (mutual TLS, or the identity an in-memory pair was made
-   with), or the id is already connected (that refusal carries
-   ``retry_after``: the old connection may be dying).
+   with), or the id is already connected and that connection was heard
+   from within two heartbeat intervals (that refusal carries
+   ``retry_after``).  A connection of the same id silent for longer is
+   taken over: it is ended and the newcomer welcomed (a restarted agent
+   need not wait for the heartbeat timeout of its dead predecessor).
 2. **Welcome.**  The coordinator claims the id, answers :class:`Welcome` with
    an actor name and initial parameters per type, then accepts one actor
    stream per type, each starting with :class:`StreamBind`.
@@ -369,10 +372,23 @@ async def _serve(coord: Coordinator, conn: Any, trusted: bool) -> None:
         await _refuse(control, conn, "the coordinator is shutting down", cfg.heartbeat_timeout)
         return
     record = coord._record_for(hello)
-    if record.session is not None:
-        await _refuse(control, conn, f"agent id {hello.agent_id!r} is already connected",
-                      cfg.heartbeat_timeout)
-        return
+    previous = record.session
+    if previous is not None:
+        # A restarted agent may say hello before its old connection is known
+        # to be dead.  An old session still heard from is a live duplicate;
+        # one silent for two heartbeats is taken over.
+        silent = trio.current_time() - previous.last_heard
+        if silent < 2 * cfg.heartbeat_interval:
+            await _refuse(control, conn, f"agent id {hello.agent_id!r} is already connected",
+                          2 * cfg.heartbeat_interval)
+            return
+        previous.end(f"superseded by a new connection after {silent:.1f} s of silence")
+        with trio.move_on_after(cfg.task_timeout):
+            await previous.ended.wait()
+        if record.session is not None:
+            await _refuse(control, conn, f"agent id {hello.agent_id!r} is still connected",
+                          2 * cfg.heartbeat_interval)
+            return
     record.sessions += 1
     session = AgentSession(coord, conn, hello, record, control, record.sessions)
     record.session = session  # claimed before any await: a second hello is refused
