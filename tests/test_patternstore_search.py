@@ -275,3 +275,32 @@ def test_bounded_scan_is_exact_on_hard_data(tmp_path, metric, data_kind):
             np.testing.assert_allclose([h.score for h in bounded], [s for _, s in expected],
                                        rtol=1e-5, atol=1e-5)
             assert where is None or all(groups[h.id] != 0 for h in bounded)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("d", [3, 64, 700])
+def test_int8_bounds_hold_for_every_row(metric, d):
+    """The scan's per-row upper bounds and k-th lower bound enclose the exact keys."""
+    from midswarm.reasoning._kernels import exact_keys, scan_bounds
+    from midswarm.reasoning._vectors import VectorMatrix
+
+    rng = np.random.default_rng(d)
+    n = 3000
+    rows = rng.standard_normal((n, d)) * rng.lognormal(0, 2, (n, 1))  # very mixed scales
+    rows[:100, 0] *= 1e4  # spiky rows: coarse codes
+    if metric == "l2":
+        rows[100:200] += 300.0  # far from the origin: heavy cancellation in 2x.q - |x|^2
+    matrix = VectorMatrix(d, metric)
+    matrix.append(np.arange(n), matrix.prepare(rows.astype(np.float32)))
+    upper = np.empty(n, np.float32)
+    for trial in range(5):
+        q = matrix.prepare_query(rng.standard_normal(d) * 10.0 ** (trial - 2))
+        exact = np.empty(n)
+        exact_keys(matrix._data, np.arange(n), q, metric == "l2", exact)
+        if metric == "l2":  # the scan bounds 2 x.q - |x|^2 = exact + |q|^2
+            exact = exact + float(q.astype(np.float64) @ q)
+        for k in (1, 10, 100):
+            floor = scan_bounds(matrix._codes, matrix._scales, matrix._sqnorm, n, q,
+                                metric == "l2", k, matrix._no_mask, False, upper)
+            assert np.all(upper.astype(np.float64) >= exact)
+            assert floor <= np.sort(exact)[-k]

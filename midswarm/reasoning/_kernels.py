@@ -69,18 +69,23 @@ def scan_bounds(codes: np.ndarray, scales: np.ndarray, sqnorm: np.ndarray, n: in
     for j in range(d):
         l1 += abs(np.float64(q[j]))
     # Per unit of row scale: the quantisation error (half a code step per
-    # component) plus twice the worst float32 rounding of a d-term sum of
-    # products each at most 127 |q_j| in size.
-    per_scale = np.float32(l1 * (0.5 + 2.0 * d * _F32_EPS * _INT8_MAX) * (1.0 + 1e-6))
-    heap = np.full(k, -np.inf, dtype=np.float32)  # min-heap of the k best lower bounds
+    # component, widened by 1e-4 for the float32 division that made the codes
+    # and for this product's own rounding) plus twice the worst float32
+    # rounding of a d-term sum of products each at most 127 |q_j| in size.
+    per_scale = np.float32(l1 * (0.5 * (1.0 + 1e-4) + 2.0 * d * _F32_EPS * _INT8_MAX))
+    # Pass 1: approximate products only, a loop the compiler vectorises well.
+    for i in range(n):
+        s = np.float32(0.0)
+        for j in range(d):
+            s += np.float32(codes[i, j]) * q[j]
+        upper[i] = s * scales[i]
+    # Pass 2: bounds, and a min-heap of the k best lower bounds.
+    heap = np.full(k, -np.inf, dtype=np.float32)
     for i in range(n):
         if use_mask and not mask[i]:
             upper[i] = -np.inf
             continue
-        s = np.float32(0.0)
-        for j in range(d):
-            s += np.float32(codes[i, j]) * q[j]
-        approx = s * scales[i]
+        approx = upper[i]
         bound = scales[i] * per_scale
         # The rest of the slack covers rounding in the float32 arithmetic below.
         if l2:

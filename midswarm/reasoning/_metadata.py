@@ -61,9 +61,16 @@ def check_metadata(metadata: Any, where: str = "metadata") -> dict[str, Any]:
         raise TypeError(f"{where} must be a mapping, got {type(metadata).__name__}")
     out: dict[str, Any] = {}
     for key, value in metadata.items():
-        if not isinstance(key, str):
+        if type(key) is not str:
             raise TypeError(f"{where}: keys must be str, got {key!r}")
-        out[key] = _plain(value, f"{where}[{key!r}]")
+        kind = type(value)
+        # Exact-type fast paths first: this runs once per value of every batch.
+        if kind is str or kind is bool or (
+                kind is int and -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT) or (
+                kind is float and math.isfinite(value)):
+            out[key] = value
+        else:
+            out[key] = _plain(value, f"{where}[{key!r}]")
     return out
 
 
@@ -111,14 +118,8 @@ def _plain(value: Any, where: str) -> Any:
     return value
 
 
-def _kind_of(value: Any) -> int:
-    if isinstance(value, bool):
-        return _BOOL
-    if isinstance(value, str):
-        return _STR
-    if isinstance(value, int):
-        return _INT
-    return _FLOAT
+# Values reaching the columns passed check_metadata: exactly these four types.
+_KIND_OF_TYPE = {str: _STR, int: _INT, float: _FLOAT, bool: _BOOL}
 
 
 class _Column:
@@ -195,23 +196,30 @@ class MetadataColumns:
 
     def set_rows(self, start: int, metadata: Sequence[Mapping[str, Any]]) -> None:
         """Fill rows ``start, start+1, ...`` (which must be all-missing)."""
-        per_key: dict[str, list[tuple[int, Any]]] = {}
-        for i, md in enumerate(metadata):
+        per_key: dict[str, tuple[list[int], list[Any]]] = {}
+        for i, md in enumerate(metadata, start):
             for key, value in md.items():
-                per_key.setdefault(key, []).append((start + i, value))
-        for key, entries in per_key.items():
+                entry = per_key.get(key)
+                if entry is None:
+                    entry = per_key[key] = ([], [])
+                entry[0].append(i)
+                entry[1].append(value)
+        for key, (rows, values) in per_key.items():
             col = self._column(key)
-            rows = np.fromiter((r for r, _ in entries), np.int64, len(entries))
-            kinds = np.fromiter((_kind_of(v) for _, v in entries), np.int8, len(entries))
-            nums = np.fromiter(
-                (0.0 if isinstance(v, str) else float(v) for _, v in entries),
-                np.float64, len(entries))
-            codes = np.fromiter(
-                (col.intern(v) if isinstance(v, str) else 0 for _, v in entries),
-                np.int32, len(entries))
-            col.kind[rows] = kinds
-            col.num[rows] = nums
-            col.code[rows] = codes
+            kinds = [_KIND_OF_TYPE[type(v)] for v in values]
+            kind_set = set(kinds)
+            index = np.array(rows, np.int64)
+            col.kind[index] = kinds
+            if kind_set == {_STR}:
+                intern = col.intern
+                col.code[index] = [intern(v) for v in values]
+                col.num[index] = 0.0
+            elif _STR not in kind_set:
+                col.num[index] = values
+                col.code[index] = 0
+            else:
+                col.num[index] = [0.0 if type(v) is str else v for v in values]
+                col.code[index] = [col.intern(v) if type(v) is str else 0 for v in values]
 
     def replace_row(self, row: int, metadata: Mapping[str, Any]) -> None:
         self.clear_row(row)
@@ -265,6 +273,9 @@ class MetadataColumns:
         return numeric & _RANGE_OPS[op](col.num[:n], float(operand))
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dumps(metadata: Mapping[str, Any]) -> str:
     """The stored JSON form of validated metadata."""
-    return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(metadata)
