@@ -49,7 +49,7 @@ DIM = 64
 ROWS: list[tuple[str, str, str, str]] = []
 
 
-def timed_over(fn: Callable[[Any], object], inputs: Sequence[Any], repeat: int,
+def timed_over(fn: Callable[..., object], inputs: Sequence[Any] | np.ndarray, repeat: int,
                warmup: int = 5) -> list[float]:
     """Seconds per call of ``fn`` cycling through ``inputs``, after a warm-up."""
     for i in range(warmup):
@@ -141,7 +141,7 @@ def bench_search(tmp: Path, n: int, repeat: int, rng: np.random.Generator,
         return
     unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
     ten = [f"S{i}" for i in range(10)]
-    cases = [
+    cases: list[tuple[str, dict[str, Any], Callable[[], np.ndarray]]] = [
         ("1 %", {"sym": "S7"}, lambda: syms == "S7"),
         ("10 %", {"sym": {"$in": ten}}, lambda: np.isin(syms, ten)),
         ("50 %", {"t": {"$lt": n // 2}}, lambda: np.arange(n) < n // 2),
