@@ -33,6 +33,8 @@ from ._agents import (
 )
 from ._config import ConfigError, CoordinatorConfig, SwarmConfig, load_config
 from ._coordinator import AgentInfo, Coordinator, CoordinatorStats, open_coordinator
+from ._demo import DemoOptions, run_demo
+from ._demo_stats import DemoSummary
 from ._embed import Swarm, open_swarm
 from ._errors import (
     AgentRefused,
@@ -105,6 +107,8 @@ __all__ = [
     "CoordinatorConfig",
     "CoordinatorStats",
     "CorrelationTask",
+    "DemoOptions",
+    "DemoSummary",
     "Drain",
     "ExperienceBatch",
     "FeatureBlock",
@@ -150,6 +154,7 @@ __all__ = [
     "open_swarm",
     "rank_correlation",
     "run_agent",
+    "run_demo",
     "similarity_of",
     "summarise",
     "synthetic_market",
