@@ -397,14 +397,18 @@ def _summarise(replay: _Replay, swarm: Swarm, options: DemoOptions,
                      composition: dict[str, int], startup: float, elapsed: float,
                      stopped_by: str) -> DemoSummary:
     if ARM_ON in replay.arms:
-        # The matchers' own parameters, as the coordinator last saw them.
-        params: dict[str, Any] = {}
-        for info in swarm.agents.values():
-            if "pattern_matcher" in info.types:
-                for key, value in info.parameters.get("pattern_matcher", {}).items():
-                    if key in MATCHER_LIMITS:
-                        params.setdefault(key, value)
-        replay.arms[ARM_ON].parameters = params
+        # The matchers' own parameters, as the coordinator last saw them; each
+        # matcher is adapted on its own, so name them when they differ.
+        seen = {agent_id: {k: v for k, v in info.parameters.get("pattern_matcher", {}).items()
+                           if k in MATCHER_LIMITS}
+                for agent_id, info in sorted(swarm.agents.items())
+                if "pattern_matcher" in info.types}
+        distinct = {tuple(sorted(p.items())) for p in seen.values()}
+        if len(distinct) == 1:
+            replay.arms[ARM_ON].parameters = next(iter(seen.values()))
+        else:
+            replay.arms[ARM_ON].parameters = {f"{agent_id}.{k}": v for agent_id, p in seen.items()
+                                              for k, v in p.items()}
     skipped = []
     if options.learning and not replay.learning:
         skipped.append("learning loop (no reasoning_bank agent)")
