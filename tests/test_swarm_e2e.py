@@ -94,6 +94,7 @@ async def test_tasks_complete_once_through_a_kill_and_late_duplicates_are_droppe
         # Freeze one agent (SIGSTOP) holding a task: after task_timeout the task
         # is sent to the other agent too and answered; the frozen agent's own
         # answer, once it thaws, is dropped as a duplicate.
+        await coord.wait_idle()  # no hedged attempt left holding a credit
         frozen = "feature_engineer-2"
         pid = coord.agents[frozen].pid
         assert pid is not None
