@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -210,9 +210,6 @@ class Database:
     def integrity_check(self) -> list[str]:
         """SQLite's own check: ``["ok"]`` for a sound file."""
         return [r[0] for r in self.conn.execute("PRAGMA integrity_check").fetchall()]
-
-    def executemany(self, sql: str, rows: Iterable[Any]) -> None:
-        self.conn.executemany(sql, rows)
 
     def close(self) -> None:
         conn = getattr(self, "conn", None)

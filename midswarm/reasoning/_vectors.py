@@ -160,10 +160,6 @@ class VectorMatrix:
         self.n = src
         return src, dst
 
-    def rows(self) -> np.ndarray:
-        """A view of the live (prepared) rows."""
-        return self._data[: self.n]
-
     def ids(self) -> np.ndarray:
         return self._ids[: self.n]
 
@@ -207,10 +203,9 @@ class VectorMatrix:
         else:
             upper = self._scratch_f32
             kernels = _kernels()
-            floor = kernels.scan_bounds(self._codes, self._scales, self._sqnorm, n, q,
-                                self.metric == "l2", m,
-                                self._no_mask if mask is None else mask, mask is not None,
-                                upper)
+            floor = kernels.scan_bounds(
+                self._codes, self._scales, self._sqnorm, n, q, self.metric == "l2", m,
+                self._no_mask if mask is None else mask, mask is not None, upper)
             if floor == -np.inf:
                 candidates = np.arange(n) if eligible is None else eligible
             else:
@@ -222,7 +217,7 @@ class VectorMatrix:
                                     np.argpartition(keys, len(keys) - m)[len(keys) - m:])
         else:
             best = np.arange(len(keys))
-        return self._order(q, candidates[best], keys[best])
+        return self._order(candidates[best], keys[best])
 
     def _break_ties(self, candidates: np.ndarray, keys: np.ndarray,
                     best: np.ndarray) -> np.ndarray:
@@ -239,9 +234,9 @@ class VectorMatrix:
 
     def rank(self, q: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``rows`` ordered best first for prepared query ``q``, with their scores."""
-        return self._order(q, rows, self._keys_rows(q, rows))
+        return self._order(rows, self._keys_rows(q, rows))
 
-    def _order(self, q: np.ndarray, rows: np.ndarray,
+    def _order(self, rows: np.ndarray,
                keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Best first; equal scores in id order so results are reproducible.
         order = np.lexsort((self._ids[rows], -keys))
