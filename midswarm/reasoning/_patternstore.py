@@ -8,8 +8,11 @@ and the store's ``dim``, ``metric``, ``next_id`` and ``revision`` in
 ``midswarm_meta``.  Every write is a single transaction; memory is updated
 only after it commits, so a failed write leaves both untouched.
 
-Memory holds what search needs: a :class:`VectorMatrix` (dense float32, no
-tombstones) and :class:`MetadataColumns` for filters.  Opening loads every row.
+Memory holds what search needs: a :class:`VectorMatrix` (dense float32 rows
+with no tombstones, plus an int8 copy that bounds scores so a large search
+scores only a few rows exactly) and :class:`MetadataColumns` for filters.
+Opening loads every row.  Searching runs single-threaded numba kernels,
+compiled on the first search of a process (seconds; cached on disk after).
 A read-only opener notices other connections' commits with ``PRAGMA
 data_version`` and catches up incrementally from its last revision: first the
 ids deleted since then, then the rows written since then.
@@ -269,9 +272,12 @@ class PatternStore:
                exact: bool | None = None) -> list[Hit]:
         """The ``k`` stored vectors nearest ``vector``, best first.
 
-        ``where`` filters on metadata (see :mod:`midswarm.reasoning._metadata`
-        for the operators) inside the search, so ``min(k, matching)`` hits come
-        back.  Ties in score are broken by id.  Raises :class:`ValueError` /
+        ``where`` filters on metadata inside the search, so ``min(k, matching)``
+        hits come back.  Keys are ANDed; a value is an equality test, or a
+        mapping of operators: ``$eq $ne $in $nin $gt $gte $lt $lte $exists``
+        (``$ne``/``$nin`` also match items without the key; numbers compare by
+        value, bools only with bools).  Ties in score go to the lower id.
+        Raises :class:`ValueError` /
         :class:`TypeError` for a wrong-sized or non-finite vector, ``k < 1``, or
         a malformed filter.
         """
