@@ -49,6 +49,7 @@ class MessageStream:
         self._buf = bytearray()
         self._send_lock = trio.Lock()
         self._eof = False
+        self._send_broken: str | None = None
 
     async def send_message(self, message: bytes | bytearray | memoryview) -> None:
         """Send one message.  Waits while the stream applies backpressure.
@@ -70,11 +71,28 @@ class MessageStream:
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            if n <= _COALESCE_LIMIT:
-                await self.stream.send_all(header + bytes(message))
-            else:
-                await self.stream.send_all(header)
-                await self.stream.send_all(message)
+            if self._send_broken is not None:
+                raise trio.BrokenResourceError(self._send_broken)
+            frame_len = 4 + n
+            try:
+                if n <= _COALESCE_LIMIT:
+                    await self.stream.send_all(header + bytes(message))
+                else:
+                    await self.stream.send_all(header)
+                    await self.stream.send_all(message)
+            except BaseException:
+                # Interrupted (cancelled, or the stream failed) possibly in the
+                # middle of a frame: what follows could not be parsed by the
+                # peer.  A stream whose writes are all-or-nothing up to a size
+                # (ours) lost nothing if the frame fitted; otherwise end the
+                # stream, so the peer sees a reset rather than garbage.
+                atomic = getattr(self.stream, "atomic_send_limit", 0)
+                if not (n <= _COALESCE_LIMIT and frame_len <= atomic):
+                    self._send_broken = "a send was interrupted inside a frame"
+                    with trio.CancelScope(shield=True):
+                        await self._abort_quietly(FRAMING_ERROR_CODE,
+                                                  self._send_broken)
+                raise
         finally:
             lock.release()
 
@@ -110,15 +128,18 @@ class MessageStream:
     async def _fail(self, why: str) -> None:
         self._buf.clear()
         self._eof = True
+        await self._abort_quietly(FRAMING_ERROR_CODE, why)
+        raise ProtocolError(why)
+
+    async def _abort_quietly(self, code: int, why: str) -> None:
         abort = getattr(self.stream, "abort", None)
         try:
             if abort is not None:
-                await abort(FRAMING_ERROR_CODE, why)
+                await abort(code, why)
             else:
                 await self.stream.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        raise ProtocolError(why)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iter()

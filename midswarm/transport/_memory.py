@@ -59,6 +59,9 @@ class MemoryStream(trio.abc.HalfCloseableStream):
         self._send_closed = False
         self._pending = b""
 
+    #: ``send_all`` writes all or nothing, whatever the size.
+    atomic_send_limit = 1 << 62
+
     def _check_send(self) -> None:
         if self._closed or self._send_closed:
             raise trio.ClosedResourceError("stream was closed for sending")

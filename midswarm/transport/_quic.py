@@ -67,6 +67,9 @@ _AUTH_FAILED = 0x2
 _NO_ERROR = 0
 
 
+#: Writes closer together than this are treated as a burst and coalesced.
+_BURST_GAP = 50e-6
+
 #: Timers wake at best with millisecond precision (epoll); see _GranularPacer.
 _TIMER_GRANULARITY = 0.002
 
@@ -298,6 +301,12 @@ class QuicStream(trio.abc.HalfCloseableStream):
         return f"<QuicStream {self.stream_id}>"
 
     @property
+    def atomic_send_limit(self) -> int:
+        """``send_all`` of at most this many bytes either writes all of them or,
+        if cancelled or failed, none."""
+        return self._conn.config.stream_send_watermark
+
+    @property
     def connection(self) -> QuicConnection:
         return self._conn
 
@@ -508,6 +517,7 @@ class QuicConnection:
         self._ping_uid = 0
         self._pump_seq = 0
         self._flush_pending = False  # the timer task will flush coalesced writes
+        self._last_write = -math.inf
         self._dirty = False  # a write is waiting for that flush
         self._unacked_rx = 0  # datagrams received since we last sent an ACK
         self._ack_space: Any = None  # aioquic's 1-RTT packet space, once it exists
@@ -684,10 +694,16 @@ class QuicConnection:
         if self._flush_pending:
             self._dirty = True
             return
+        now = trio.current_time()
+        burst = now - self._last_write < _BURST_GAP
+        self._last_write = now
         self._pump(with_ack=True)
-        self._flush_pending = True
-        if self._timer_scope is not None:
-            self._timer_scope.cancel()
+        if burst:
+            # Writes are coming close together: hold the next ones for one
+            # scheduling round.  A lone request/reply never pays for the wake-up.
+            self._flush_pending = True
+            if self._timer_scope is not None:
+                self._timer_scope.cancel()
 
     def _pump(self, *, with_ack: bool = False) -> None:
         """Process pending events, transmit, re-arm the timer.  Never awaits.
