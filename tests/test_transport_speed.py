@@ -203,3 +203,41 @@ async def test_accept_stream_nowait(certs: Path) -> None:
                 await done.wait()
             nursery.cancel_scope.cancel()
     assert sorted(accepted) == [4 * i for i in range(20)]
+
+
+async def test_send_interrupted_inside_a_frame_resets_the_stream(certs: Path) -> None:
+    """A multi-write frame cancelled half way must not leave half a frame for the
+    peer to misparse: the stream is reset and later sends fail clearly."""
+    config = QuicConfig(stream_send_watermark=64 * 1024, stream_receive_window=64 * 1024)
+    got: list[BaseException] = []
+    reader_may_read = trio.Event()
+    reader_done = trio.Event()
+
+    async def handler(conn: QuicConnection) -> None:
+        ms = MessageStream(await conn.accept_stream())
+        await ms.receive_message()  # the small first message
+        await reader_may_read.wait()
+        try:
+            await ms.receive_message()
+        except (trio.BrokenResourceError, trio.EndOfChannel) as exc:
+            got.append(exc)
+        reader_done.set()
+
+    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            listener = await nursery.start(
+                functools.partial(serve_quic, handler, 0, tls=tls, config=config))
+            async with connect_quic("127.0.0.1", listener.port, tls=ClientTLS(certs / "ca.pem"),
+                                    config=config) as conn:
+                ms = MessageStream(await conn.open_stream())
+                await ms.send_message(b"hello")
+                with trio.move_on_after(0.5) as scope:
+                    await ms.send_message(b"z" * (1 << 20))  # blocks: the peer is not reading
+                assert scope.cancelled_caught
+                with pytest.raises(trio.BrokenResourceError, match="interrupted"):
+                    await ms.send_message(b"after")
+                reader_may_read.set()
+                await reader_done.wait()
+            nursery.cancel_scope.cancel()
+    assert len(got) == 1 and isinstance(got[0], trio.BrokenResourceError)
