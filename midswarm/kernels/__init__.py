@@ -1,7 +1,8 @@
 """Numeric kernels of the agents: DTW search, LCSS, features, MLP, ranking.
 
 Compiled with numba (``cache=True``: the machine code is kept on disk next to
-the sources, so only the first process on a machine pays for compilation; no
+the sources, so only the first process on a machine pays for compilation, and
+is purged when any source of this package changes, see ``_cache.py``; no
 ``fastmath``, so inf and NaN keep their IEEE meaning).  Every function checks
 its arguments and raises :class:`ValueError` naming the bad one; float32 and
 integer inputs are accepted and computed in float64.
@@ -19,12 +20,23 @@ only when neither TBB nor OpenMP is available) they must not be called from
 two threads at once.
 """
 
-from . import mlp
-from ._dtw import dtw, dtw_matrix, dtw_scores
-from ._features import FEATURE_COLUMNS, FeatureFrame, features
-from ._graph import influence_rank, pagerank_system
-from ._lcss import lcss, lcss_matrix
-from ._search import KnnResult, PatternLibrary, SearchStats, dtw_knn, dtw_knn_stats
+from ._cache import purge_stale_cache
+
+# Before any kernel is loaded: cached code must not outlive a changed callee.
+purge_stale_cache()
+
+from . import mlp  # noqa: E402
+from ._dtw import dtw, dtw_matrix, dtw_scores  # noqa: E402
+from ._features import FEATURE_COLUMNS, FeatureFrame, features  # noqa: E402
+from ._graph import influence_rank, pagerank_system  # noqa: E402
+from ._lcss import lcss, lcss_matrix  # noqa: E402
+from ._search import (  # noqa: E402
+    KnnResult,
+    PatternLibrary,
+    SearchStats,
+    dtw_knn,
+    dtw_knn_stats,
+)
 
 __all__ = [
     "FEATURE_COLUMNS",

@@ -28,8 +28,11 @@ __all__ = [
     "block_order",
     "dtw_sq_abandon",
     "dtw_sq_lanes_abandon",
-    "lb_keogh_data_env",
+    "lb_keogh_data_all",
+    "lb_keogh_data_block",
+    "keogh_data_contrib",
     "keogh_query_contrib",
+    "lb_keogh_query_all",
     "lb_keogh_query_block",
     "lb_kim",
     "lb_kim_block",
@@ -133,16 +136,25 @@ def lb_kim_block(
     q2 = q[2]
     qe1 = q[m - 2]
     qe2 = q[m - 3]
+    # Views indexed by the loop counter: LLVM then knows every index is
+    # non-negative and vectorises the loop (see lb_keogh_query_all).
+    span = (count - 1) * stride + 1
+    f0 = x[c0 * stride:c0 * stride + span]
+    f1 = x[c0 * stride + 1:c0 * stride + 1 + span]
+    f2 = x[c0 * stride + 2:c0 * stride + 2 + span]
+    e0 = x[c0 * stride + m - 1:c0 * stride + m - 1 + span]
+    e1 = x[c0 * stride + m - 2:c0 * stride + m - 2 + span]
+    e2 = x[c0 * stride + m - 3:c0 * stride + m - 3 + span]
     for i in range(count):
-        s = (c0 + i) * stride
+        s = i * stride
         mean = means[i]
         inv = inv_stds[i]
-        x0 = (x[s] - mean) * inv
-        x1 = (x[s + 1] - mean) * inv
-        x2 = (x[s + 2] - mean) * inv
-        y0 = (x[s + m - 1] - mean) * inv
-        y1 = (x[s + m - 2] - mean) * inv
-        y2 = (x[s + m - 3] - mean) * inv
+        x0 = (f0[s] - mean) * inv
+        x1 = (f1[s] - mean) * inv
+        x2 = (f2[s] - mean) * inv
+        y0 = (e0[s] - mean) * inv
+        y1 = (e1[s] - mean) * inv
+        y2 = (e2[s] - mean) * inv
         lb = _sq(x0 - q0) + _sq(y0 - qe)
         lb += _min2(_min2(_sq(x1 - q0), _sq(x0 - q1)), _sq(x1 - q1))
         lb += _min2(_min2(_sq(y1 - qe), _sq(y0 - qe1)), _sq(y1 - qe1))
@@ -165,6 +177,47 @@ def _excess(v: float, upper: float, lower: float) -> float:
     # At most one of the two is positive (upper >= lower).
     d = (above if above > 0.0 else 0.0) + (below if below > 0.0 else 0.0)
     return d * d
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _block8(
+    x: np.ndarray, start: int, mean: float, inv: float, upper: np.ndarray,
+    lower: np.ndarray, b0: int,
+) -> float:
+    # Eight contributions summed as a tree: three dependent adds instead of
+    # eight, so consecutive blocks overlap in the pipeline.
+    s = start + b0
+    d0 = _excess((x[s] - mean) * inv, upper[b0], lower[b0])
+    d1 = _excess((x[s + 1] - mean) * inv, upper[b0 + 1], lower[b0 + 1])
+    d2 = _excess((x[s + 2] - mean) * inv, upper[b0 + 2], lower[b0 + 2])
+    d3 = _excess((x[s + 3] - mean) * inv, upper[b0 + 3], lower[b0 + 3])
+    d4 = _excess((x[s + 4] - mean) * inv, upper[b0 + 4], lower[b0 + 4])
+    d5 = _excess((x[s + 5] - mean) * inv, upper[b0 + 5], lower[b0 + 5])
+    d6 = _excess((x[s + 6] - mean) * inv, upper[b0 + 6], lower[b0 + 6])
+    d7 = _excess((x[s + 7] - mean) * inv, upper[b0 + 7], lower[b0 + 7])
+    return ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _env8(q: np.ndarray, eu: np.ndarray, el: np.ndarray, s: int, t: int, mean: float,
+          inv: float) -> float:
+    return _excess(q[t], (eu[s + t] - mean) * inv, (el[s + t] - mean) * inv)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _block8_env(
+    q: np.ndarray, eu: np.ndarray, el: np.ndarray, start: int, mean: float, inv: float,
+    b0: int,
+) -> float:
+    d0 = _env8(q, eu, el, start, b0, mean, inv)
+    d1 = _env8(q, eu, el, start, b0 + 1, mean, inv)
+    d2 = _env8(q, eu, el, start, b0 + 2, mean, inv)
+    d3 = _env8(q, eu, el, start, b0 + 3, mean, inv)
+    d4 = _env8(q, eu, el, start, b0 + 4, mean, inv)
+    d5 = _env8(q, eu, el, start, b0 + 5, mean, inv)
+    d6 = _env8(q, eu, el, start, b0 + 6, mean, inv)
+    d7 = _env8(q, eu, el, start, b0 + 7, mean, inv)
+    return ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -191,16 +244,68 @@ def lb_keogh_query_block(
         for bi in range(blocks.shape[0]):
             b0 = blocks[bi] * LB_BLOCK
             if blocks[bi] < full:
-                # A constant trip count lets LLVM unroll the block.
-                for jj in range(LB_BLOCK):
-                    t = b0 + jj
-                    lb += _excess((x[start + t] - mean) * inv, q_upper[t], q_lower[t])
+                lb += _block8(x, start, mean, inv, q_upper, q_lower, b0)
             else:
                 for t in range(b0, m):
                     lb += _excess((x[start + t] - mean) * inv, q_upper[t], q_lower[t])
             if lb >= prune:
                 break
         out[i] = lb
+
+
+@numba.njit(cache=True, nogil=True)
+def lb_keogh_query_all(
+    x: np.ndarray, c0: int, count: int, means: np.ndarray, inv_stds: np.ndarray,
+    q_upper: np.ndarray, q_lower: np.ndarray, out: np.ndarray,
+) -> None:
+    """Complete LB_Keogh against the query envelope for the ``count``
+    consecutive subsequences starting at ``c0`` (stride 1), into ``out``.
+
+    The loop runs across candidates for one query position at a time, which
+    SIMD units take eight at a time: when most of a block survives LB_Kim this
+    beats per-candidate early abandoning by several times.  Indexing is done
+    through slices so that every index is a loop counter LLVM knows to be
+    non-negative (numba's negative-index handling otherwise blocks
+    vectorisation).
+    """
+    m = q_upper.shape[0]
+    xs = x[c0:c0 + count + m - 1]
+    ms = means[:count]
+    ivs = inv_stds[:count]
+    acc = out[:count]
+    for c in range(count):
+        acc[c] = 0.0
+    for t in range(m):
+        u = q_upper[t]
+        lo = q_lower[t]
+        xt = xs[t:t + count]
+        for c in range(count):
+            acc[c] += _excess((xt[c] - ms[c]) * ivs[c], u, lo)
+
+
+@numba.njit(cache=True, nogil=True)
+def lb_keogh_data_all(
+    env_upper: np.ndarray, env_lower: np.ndarray, base: int, c0: int, count: int,
+    means: np.ndarray, inv_stds: np.ndarray, q: np.ndarray, out: np.ndarray,
+) -> None:
+    """Complete LB_Keogh of the query against the normalised data envelope for
+    ``count`` consecutive subsequences from ``c0`` (stride 1; envelope point
+    ``p`` at ``p - base``), vectorised across candidates like
+    :func:`lb_keogh_query_all`."""
+    m = q.shape[0]
+    us = env_upper[c0 - base:c0 - base + count + m - 1]
+    ls = env_lower[c0 - base:c0 - base + count + m - 1]
+    ms = means[:count]
+    ivs = inv_stds[:count]
+    acc = out[:count]
+    for c in range(count):
+        acc[c] = 0.0
+    for t in range(m):
+        qt = q[t]
+        ut = us[t:t + count]
+        lt = ls[t:t + count]
+        for c in range(count):
+            acc[c] += _excess(qt, (ut[c] - ms[c]) * ivs[c], (lt[c] - ms[c]) * ivs[c])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -213,29 +318,47 @@ def keogh_query_contrib(
 
 
 @numba.njit(cache=True, nogil=True)
-def lb_keogh_data_env(
-    upper: np.ndarray, lower: np.ndarray, blocks: np.ndarray, q: np.ndarray,
-    prune: float, contrib: np.ndarray,
-) -> float:
-    """Query points against the candidate's normalised envelope; ``contrib[t]``
-    is indexed by query position."""
+def lb_keogh_data_block(
+    env_upper: np.ndarray, env_lower: np.ndarray, base: int, stride: int, c0: int,
+    todo: np.ndarray, n_todo: int, means: np.ndarray, inv_stds: np.ndarray,
+    blocks: np.ndarray, q: np.ndarray, prune: float, out: np.ndarray,
+) -> None:
+    """LB_Keogh of the query against the normalised data envelope of candidates
+    ``c0 + todo[i]``, with early abandoning at *prune*, into ``out[i]``.
+
+    Point ``t`` of candidate ``c`` has its envelope at ``c * stride + t - base``.
+    """
     m = q.shape[0]
-    lb = 0.0
-    for bi in range(blocks.shape[0]):
-        b0 = blocks[bi] * LB_BLOCK
-        if b0 + LB_BLOCK <= m:
-            for j in range(LB_BLOCK):
-                t = b0 + j
-                contrib[t] = _excess(q[t], upper[t], lower[t])
-            for j in range(LB_BLOCK):
-                lb += contrib[b0 + j]
-        else:
-            for t in range(b0, m):
-                contrib[t] = _excess(q[t], upper[t], lower[t])
-                lb += contrib[t]
-        if lb >= prune:
-            break
-    return lb
+    full = m // LB_BLOCK
+    for i in range(n_todo):
+        j = todo[i]
+        start = (c0 + j) * stride - base
+        mean = means[j]
+        inv = inv_stds[j]
+        lb = 0.0
+        for bi in range(blocks.shape[0]):
+            b0 = blocks[bi] * LB_BLOCK
+            if blocks[bi] < full:
+                lb += _block8_env(q, env_upper, env_lower, start, mean, inv, b0)
+            else:
+                for t in range(b0, m):
+                    lb += _excess(q[t], (env_upper[start + t] - mean) * inv,
+                                  (env_lower[start + t] - mean) * inv)
+            if lb >= prune:
+                break
+        out[i] = lb
+
+
+@numba.njit(cache=True, nogil=True)
+def keogh_data_contrib(
+    env_upper: np.ndarray, env_lower: np.ndarray, start: int, mean: float, inv: float,
+    q: np.ndarray, contrib: np.ndarray,
+) -> None:
+    """Per-position contributions of :func:`lb_keogh_data_block` for one candidate
+    whose envelope starts at *start*."""
+    for t in range(q.shape[0]):
+        contrib[t] = _excess(q[t], (env_upper[start + t] - mean) * inv,
+                             (env_lower[start + t] - mean) * inv)
 
 
 @numba.njit(cache=True, nogil=True)

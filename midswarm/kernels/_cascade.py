@@ -7,13 +7,17 @@ Candidates are windows of a flat float64 buffer: candidate ``c`` starts at
 of stored patterns laid end to end).  Subsequences are z-normalised on the fly
 with statistics computed block by block as the scan advances (no full-length
 arrays: writing those costs more in page faults than the arithmetic); stored
-patterns arrive normalised.  Each candidate goes through, cheapest first,
-stopping as soon as a bound reaches the threshold ``T`` (a squared distance):
+patterns arrive normalised.  Each stage runs over a whole block of candidates
+in one call (a numba call with array arguments pays reference-count updates
+that cost more than a bound) and hands its survivors to the next.  Each
+candidate goes through, cheapest first, stopping as soon as a bound reaches the
+threshold ``T`` (a squared distance):
 
 1. LB_Kim: the cheapest path cells near both corners (first/last three layers);
 2. LB_Keogh against the query's envelope, largest ``|q|`` first (see
    :mod:`._bounds`);
-3. LB_Keogh of the query against the candidate's own envelope;
+3. LB_Keogh of the query against the data envelope (computed per block of
+   candidates, and only for blocks where some candidate gets this far);
 4. banded DTW that abandons when a row's minimum plus the remaining part of the
    cumulative LB_Keogh bounds reaches ``T``.  Survivors are batched and run
    :data:`~._dtw.LANES` at a time in SIMD lanes.
@@ -47,8 +51,11 @@ import numpy as np
 from ._bounds import (
     dtw_sq_abandon,
     dtw_sq_lanes_abandon,
+    keogh_data_contrib,
     keogh_query_contrib,
-    lb_keogh_data_env,
+    lb_keogh_data_all,
+    lb_keogh_data_block,
+    lb_keogh_query_all,
     lb_keogh_query_block,
     lb_kim_block,
     window_envelope,
@@ -66,6 +73,10 @@ N_STATS = 6
 PRUNE_SLACK = 1e-12
 # Batches this small run one by one (with per-candidate early abandoning).
 _SCALAR_FLUSH = 2
+# A bound is computed for the whole block, SIMD across candidates, when at
+# least 1/_DENSE of the block is still alive (measured: the complete bound
+# costs about as much per candidate as a quarter of an early-abandoned one).
+_DENSE = 4
 
 _INF = np.inf
 
@@ -186,9 +197,8 @@ def scan_chunk(
 
     With *stream_stats* each window is z-normalised with statistics computed
     here; otherwise candidates are used as they are.  ``env_upper`` and
-    ``env_lower`` hold the candidates' envelopes laid out like ``x``, or are
-    empty, in which case each candidate's envelope is computed from its
-    normalised window when it reaches that stage.  The pool (sorted by
+    ``env_lower`` hold the data envelope laid out like ``x``, or are empty, in
+    which case it is computed here for the blocks that need it.  The pool (sorted by
     ``(distance, candidate)``, capacity ``len(pool_d)``) arrives holding
     ``count`` entries.  Returns ``(count, threshold, next candidate)``; the
     last is ``c1`` unless the pool filled up, in which case the caller grows it
@@ -200,8 +210,6 @@ def scan_chunk(
     contrib_eq = np.zeros(m)
     contrib_ec = np.zeros(m)
     cn = np.empty(m)
-    cu = np.empty(m)
-    cl = np.empty(m)
     bc = np.empty((m, LANES))
     cbr = np.zeros((m + 1, LANES))
     cbc = np.zeros((m + w + 2, LANES))
@@ -219,7 +227,13 @@ def scan_chunk(
     nb = 0
     kim = np.empty(STATS_BLOCK)
     eq = np.empty(STATS_BLOCK)
+    ec = np.empty(STATS_BLOCK)
+    eq_all = np.empty(STATS_BLOCK)
+    ec_all = np.empty(STATS_BLOCK)
     todo = np.empty(STATS_BLOCK, dtype=np.int64)
+    todo2 = np.empty(STATS_BLOCK, dtype=np.int64)
+    blk_upper = np.empty(STATS_BLOCK + m + 2 * w)
+    blk_lower = np.empty(STATS_BLOCK + m + 2 * w)
     for b0 in range(c0, c1, STATS_BLOCK):
         b1 = min(c1, b0 + STATS_BLOCK)
         # Worst case, every candidate of the block (and the batch) enters the
@@ -241,20 +255,56 @@ def scan_chunk(
         for i in range(b1 - b0):
             todo[n_todo] = i
             n_todo += 1 if kim[i] < prune else 0
+        # Then LB_Keogh against the query envelope, for the block's survivors,
+        # and against the data envelope for the survivors of that.
+        # Dense survivors: complete bounds for the whole block, SIMD across
+        # candidates; sparse: early-abandoning bounds for the survivors only.
+        count_b = b1 - b0
+        dense = stride == 1 and n_todo * _DENSE >= count_b
+        if dense:
+            lb_keogh_query_all(x, b0, count_b, means, inv_stds, q_upper, q_lower, eq_all)
+            for ti in range(n_todo):
+                eq[ti] = eq_all[todo[ti]]
+        else:
+            lb_keogh_query_block(x, stride, b0, todo, n_todo, means, inv_stds, blocks,
+                                 q_upper, q_lower, prune, eq)
+        n_todo2 = 0
+        for ti in range(n_todo):
+            todo2[n_todo2] = todo[ti]
+            n_todo2 += 1 if eq[ti] < prune else 0
         stats[0] += b1 - b0
         stats[1] += b1 - b0 - n_todo
-        # Then LB_Keogh against the query envelope, for the block's survivors.
-        lb_keogh_query_block(x, stride, b0, todo, n_todo, means, inv_stds, blocks, q_upper,
-                             q_lower, prune, eq)
-        for ti in range(n_todo):
-            i = todo[ti]
+        stats[2] += n_todo - n_todo2
+        if n_todo2 == 0:
+            continue
+        if lazy_env:
+            # The data envelope over the span of the survivors' windows (clipped
+            # only at the series' ends): often a single window, not the block.
+            lo = max(0, b0 + todo2[0] - w)
+            hi = min(x.shape[0], b0 + todo2[n_todo2 - 1] + m + w)
+            window_envelope(x[lo:hi], w, blk_upper[:hi - lo], blk_lower[:hi - lo])
+            env_u = blk_upper
+            env_l = blk_lower
+            base = lo
+        else:
+            env_u = env_upper
+            env_l = env_lower
+            base = 0
+        first = todo2[0]
+        span = todo2[n_todo2 - 1] - first + 1
+        if stride == 1 and n_todo2 * _DENSE >= span:
+            lb_keogh_data_all(env_u, env_l, base, b0 + first, span, means[first:],
+                              inv_stds[first:], q, ec_all)
+            for ti in range(n_todo2):
+                ec[ti] = ec_all[todo2[ti] - first]
+        else:
+            lb_keogh_data_block(env_u, env_l, base, stride, b0, todo2, n_todo2, means,
+                                inv_stds, blocks, q, prune, ec)
+        for ti in range(n_todo2):
+            i = todo2[ti]
             c = b0 + i
-            if kim[i] >= prune:
-                # The threshold tightened since the block's LB_Kim pass.
-                stats[1] += 1
-                continue
-            if eq[ti] >= prune:
-                stats[2] += 1
+            if ec[ti] >= prune:
+                stats[3] += 1
                 continue
             start = c * stride
             mean = means[i]
@@ -262,15 +312,7 @@ def scan_chunk(
             for t in range(m):
                 cn[t] = (x[start + t] - mean) * inv
             keogh_query_contrib(cn, q_upper, q_lower, contrib_eq)
-            if lazy_env:
-                window_envelope(cn, w, cu, cl)
-            else:
-                for t in range(m):
-                    cu[t] = (env_upper[start + t] - mean) * inv
-                    cl[t] = (env_lower[start + t] - mean) * inv
-            if lb_keogh_data_env(cu, cl, blocks, q, prune, contrib_ec) >= prune:
-                stats[3] += 1
-                continue
+            keogh_data_contrib(env_u, env_l, start - base, mean, inv, q, contrib_ec)
             acc_r = 0.0
             acc_c = 0.0
             for t in range(m - 1, -1, -1):

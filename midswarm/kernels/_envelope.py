@@ -137,25 +137,31 @@ def stats_block(
         p2[t + 1] = acc2
     count = c1 - c0
     inv_m = 1.0 / m
-    # Separate, branch-free loops so that LLVM vectorises the arithmetic;
-    # inv_stds holds the variance until the last loop.
+    # Separate, branch-free loops over views indexed by the loop counter, so
+    # that LLVM vectorises them; inv_stds holds the variance until the last.
+    lo1 = p1[:count]
+    hi1 = p1[m:m + count]
+    lo2 = p2[:count]
+    hi2 = p2[m:m + count]
+    mv = means[:count]
+    vv = inv_stds[:count]
     for off in range(count):
-        mu = (p1[off + m] - p1[off]) * inv_m
-        inv_stds[off] = (p2[off + m] - p2[off]) * inv_m - mu * mu
-        means[off] = ref + mu
+        mu = (hi1[off] - lo1[off]) * inv_m
+        vv[off] = (hi2[off] - lo2[off]) * inv_m - mu * mu
+        mv[off] = ref + mu
     # Rounding in the prefix sums grows with the magnitudes summed.
     tol = 4.0 * _EPS * inv_m / _VAR_RTOL
     for off in range(count):
-        if inv_stds[off] <= tol * (2.0 * acc2 + p2[off + m] - p2[off]):
+        if vv[off] <= tol * (2.0 * acc2 + hi2[off] - lo2[off]):
             mean, std = _exact_stats(x, c0 + off, m)
             means[off] = mean
             inv_stds[off] = std * std
     for off in range(count):
-        v = inv_stds[off]
+        v = vv[off]
         std = np.sqrt(v if v > 0.0 else 0.0)
-        flat = (std <= FLAT_RTOL * abs(means[off])) | (std < FLAT_ATOL)
+        flat = (std <= FLAT_RTOL * abs(mv[off])) | (std < FLAT_ATOL)
         inv = 1.0 / std
-        inv_stds[off] = 0.0 if flat else inv
+        vv[off] = 0.0 if flat else inv
 
 
 def znormalize(x: np.ndarray) -> np.ndarray:
