@@ -241,3 +241,45 @@ async def test_send_interrupted_inside_a_frame_resets_the_stream(certs: Path) ->
                 await reader_done.wait()
             nursery.cancel_scope.cancel()
     assert len(got) == 1 and isinstance(got[0], trio.BrokenResourceError)
+
+
+async def test_zero_rtt_requests_are_answered_before_the_handshake_completes(
+        certs: Path) -> None:
+    """A resumed client's early data starts the server's handler at once (the
+    ticket carries the verified identity), and every later ticket keeps it."""
+    from midswarm.transport import SessionTicketStore
+
+    seen: list[tuple[str | None, bool, bool]] = []
+
+    async def handler(conn: QuicConnection) -> None:
+        seen.append((conn.peer_identity, conn.session_resumed, conn.handshake_complete))
+        ms = MessageStream(await conn.accept_stream())
+        async for msg in ms:
+            await ms.send_message(msg)
+
+    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key", ca=certs / "ca.pem",
+                    require_client_cert=True)
+    client_tls = ClientTLS(certs / "ca.pem", cert=certs / "a1.pem", key=certs / "a1.key")
+    store = SessionTicketStore()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            listener = await nursery.start(functools.partial(serve_quic, handler, 0, tls=tls))
+            for i in range(3):
+                async with connect_quic("127.0.0.1", listener.port, tls=client_tls,
+                                        session_tickets=store,
+                                        wait_connected=(i == 0)) as conn:
+                    ms = MessageStream(await conn.open_stream())
+                    await ms.send_message(b"ping %d" % i)
+                    assert await ms.receive_message() == b"ping %d" % i
+                    await conn.wait_handshake()
+                    assert conn.session_resumed == (i > 0)
+                    assert conn.early_data_accepted == (i > 0)
+                    # One more exchange after the handshake: the server's new
+                    # ticket (sent on the client's Finished) arrives before it.
+                    await ms.send_message(b"again")
+                    assert await ms.receive_message() == b"again"
+            nursery.cancel_scope.cancel()
+    assert seen[0] == ("a1", False, True)
+    # Resumed: identity from the ticket, handler running before the client's Finished.
+    assert seen[1] == ("a1", True, False)
+    assert seen[2] == ("a1", True, False)

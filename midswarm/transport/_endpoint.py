@@ -345,7 +345,10 @@ async def serve_quic(
                     configuration=conf,
                     original_destination_connection_id=dcid,
                     session_ticket_fetcher=fetch,
-                    session_ticket_handler=lambda t: tickets.add(t, holder),
+                    # A connection verified early (0-RTT on a resumed session)
+                    # knows its identity when its new ticket is issued; a fresh
+                    # one gets it filled in by on_ready after verification.
+                    session_ticket_handler=lambda t: tickets.add(t, holder, conn.peer_identity),
                 )
                 conn = QuicConnection(endpoint, machine, cfg, addr, is_client=False,
                                       client_ca=client_ca)

@@ -673,6 +673,8 @@ class QuicConnection:
         aioquic alone waits a fixed 1 ms).  Returns the pump sequence number so
         the endpoint can tell whether someone transmitted since."""
         self._process_events()
+        if self._on_ready is not None and not self.is_client:
+            self._check_early_ready()
         space = self._ack_space
         if space is None:
             space = self._ack_space = self._machine._spaces.get(tls.Epoch.ONE_RTT)
@@ -895,8 +897,27 @@ class QuicConnection:
         elif tls._peer_certificate is not None:
             self.peer_identity = certificate_identity(tls._peer_certificate)
         self._handshake_done.set()
-        if self._on_ready is not None:
-            self._on_ready(self)
+        self._ready()
+
+    def _ready(self) -> None:
+        on_ready, self._on_ready = self._on_ready, None
+        if on_ready is not None:
+            on_ready(self)
+
+    def _check_early_ready(self) -> None:
+        """Server: a resumed client whose early data we accepted is known (the
+        ticket carries its identity), so start its handler now and let it answer
+        0-RTT requests before the client's Finished arrives."""
+        tls = getattr(self._machine, "tls", None)
+        if tls is None or not (tls.session_resumed and tls.early_data_accepted):
+            return
+        if self._client_ca is not None:
+            if self._resumed_identity is None:
+                return  # the handshake check will refuse it
+            self.peer_identity = self._resumed_identity
+        self.session_resumed = True
+        self.early_data_accepted = True
+        self._ready()
 
     def _terminate(self, error_code: int, reason: str, *, by_peer: bool) -> None:
         if self._terminated:

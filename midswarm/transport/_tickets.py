@@ -102,8 +102,9 @@ class _ServerTickets:
         # ticket bytes -> [SessionTicket, verified identity or None, issued at]
         self._entries: OrderedDict[bytes, list[object]] = OrderedDict()
 
-    def add(self, ticket: SessionTicket, holder: list[object]) -> None:
-        entry: list[object] = [ticket, None, time.monotonic()]
+    def add(self, ticket: SessionTicket, holder: list[object],
+            identity: str | None = None) -> None:
+        entry: list[object] = [ticket, identity, time.monotonic()]
         self._entries[ticket.ticket] = entry
         holder.append(entry)
         while len(self._entries) > self._capacity:
