@@ -324,6 +324,7 @@ async def serve_quic(
 
             def new_connection(data: bytes, addr: Any, dcid: bytes) -> QuicConnection:
                 holder: list[Any] = []
+                conn: QuicConnection  # made below; the callbacks run later
 
                 def fetch(label: bytes) -> Any:
                     found = tickets.pop(label)
