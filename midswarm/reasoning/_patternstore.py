@@ -424,18 +424,21 @@ class PatternStore:
                 raise SchemaError(f"{self.path!r}: vector {bad} does not have {self.dim} "
                                   f"float32 values")
             vecs = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, self.dim)
-            prepared = self._matrix.prepare(vecs.astype(np.float32))
+            prepared = self._matrix.prepare(vecs.astype(np.float32, copy=False))
             # One parse of one JSON array is much faster than a parse per row.
             mds = json.loads("[" + ",".join(md_texts) + "]")
             row_of = self._matrix.row_of
-            fresh = [i for i, ident in enumerate(ids) if ident not in row_of]
-            for i, ident in enumerate(ids):
-                if ident in row_of:
-                    self._put(ident, prepared[i], mds[i])
-            if fresh:
-                take = np.array(fresh, np.int64)
-                self._append(np.array(ids, np.int64)[take], prepared[take],
-                             [mds[i] for i in fresh])
+            if not row_of:  # opening: every row is new
+                self._append(np.array(ids, np.int64), prepared, mds)
+            else:
+                fresh = [i for i, ident in enumerate(ids) if ident not in row_of]
+                for i, ident in enumerate(ids):
+                    if ident in row_of:
+                        self._put(ident, prepared[i], mds[i])
+                if fresh:
+                    take = np.array(fresh, np.int64)
+                    self._append(np.array(ids, np.int64)[take], prepared[take],
+                                 [mds[i] for i in fresh])
         self._revision = revision
 
     def _ann_rows(self, q: np.ndarray, k: int) -> np.ndarray | None:

@@ -28,6 +28,7 @@ _MIN_CAPACITY = 1024
 # Below this many candidate rows, scoring them all exactly is as cheap as bounding.
 _EXACT_BELOW = 4096
 _INT8_MAX = 127.0
+_BLOCK = 65536
 
 
 def _kernels() -> ModuleType:
@@ -108,7 +109,7 @@ class VectorMatrix:
             raise ValueError(
                 f"{name}[{int(np.flatnonzero(zero)[0])}] is all zeros: it has no direction "
                 f"under the cosine metric")
-        return (vectors / norms[:, None]).astype(np.float32)
+        return np.divide(vectors, norms[:, None], dtype=np.float32)
 
     def ensure_capacity(self, needed: int) -> int:
         """Grow so ``needed`` rows fit; returns the (possibly new) capacity."""
@@ -131,20 +132,21 @@ class VectorMatrix:
         self.ensure_capacity(self.n + m)
         lo, hi = self.n, self.n + m
         self._data[lo:hi] = prepared
-        self._codes[lo:hi], self._scales[lo:hi] = quantize(prepared)
-        wide = prepared.astype(np.float64)
-        self._sqnorm[lo:hi] = np.einsum("ij,ij->i", wide, wide)
+        # In blocks, so loading a big file needs no full-size temporaries.
+        for start in range(0, m, _BLOCK):
+            block = prepared[start:start + _BLOCK]
+            at = slice(lo + start, lo + start + len(block))
+            self._codes[at], self._scales[at] = quantize(block)
+            self._sqnorm[at] = np.einsum("ij,ij->i", block, block, dtype=np.float64)
         self._ids[lo:hi] = ids
-        for offset, ident in enumerate(ids.tolist()):
-            self.row_of[ident] = lo + offset
+        self.row_of.update(zip(ids.tolist(), range(lo, hi), strict=True))
         self.n = hi
 
     def replace(self, row: int, prepared: np.ndarray) -> None:
         self._data[row] = prepared
         codes, scales = quantize(prepared[None, :])
         self._codes[row], self._scales[row] = codes[0], scales[0]
-        wide = prepared.astype(np.float64)
-        self._sqnorm[row] = float(wide @ wide)
+        self._sqnorm[row] = np.einsum("i,i->", prepared, prepared, dtype=np.float64)
 
     def remove(self, ident: int) -> tuple[int, int]:
         """Drop ``ident``; returns ``(src, dst)``: the last row moved into the hole."""
