@@ -167,6 +167,7 @@ class _Replay:
         self.samples: deque[tuple[np.ndarray, float]] = deque(maxlen=4 * TRAIN_BATCH)
         self.new_samples = 0
         self.enough_samples = trio.Event()
+        self.training_lock = trio.Lock()
         self.server = ParameterServer(self._scatter, MLP_LAYERS, seed=options.seed, lr=0.01,
                                       shards=max(1, composition.get("neural_trainer", 1)))
         #: Per training step: the loss of always predicting zero, for scale.
@@ -239,12 +240,13 @@ class _Replay:
             context={"asset": asset, "arm": arm}))
 
     async def _settle(self, entry: _Pending, actual: float) -> None:
+        # Count everything first: the deadline may cancel the report below.
         self.judged += 1
         self.up += actual > 0
+        report = None
         for arm, result in entry.results.items():
-            forecast = self.arms[arm].record(result, actual)
-            if forecast and arm == ARM_ON:
-                await self._timed(functools.partial(self.swarm.report_outcome, result, actual))
+            if self.arms[arm].record(result, actual) and arm == ARM_ON:
+                report = result
         if entry.mlp is not None:
             self.mlp_forecasts += 1
             self.mlp_hits += int(np.sign(entry.mlp) == np.sign(actual))
@@ -256,6 +258,8 @@ class _Replay:
             self.new_samples += 1
             if self.new_samples >= TRAIN_EVERY and len(self.samples) >= TRAIN_BATCH // 2:
                 self.enough_samples.set()
+        if report is not None:
+            await self._timed(functools.partial(self.swarm.report_outcome, report, actual))
 
     def _record_signals(self, entry: _Pending, log_close: np.ndarray, t: int) -> None:
         assert entry.x is not None and entry.mlp is not None
@@ -274,7 +278,14 @@ class _Replay:
     async def trainer_loop(self) -> None:
         while True:
             await self.enough_samples.wait()
+            await self.train_step()
+
+    async def train_step(self) -> None:
+        """One step over the latest samples (the lock keeps steps in sequence)."""
+        async with self.training_lock:
             self.enough_samples = trio.Event()
+            if not self.new_samples:
+                return
             self.new_samples = 0
             batch = list(self.samples)[-TRAIN_BATCH:]
             x = np.stack([b[0] for b in batch])
@@ -384,6 +395,8 @@ async def run_demo(options: DemoOptions | None = None,
                     for asset in market.assets:
                         assets.start_soon(replay.asset_loop, asset)
                 stopped_by = "end of data"
+                if replay.training and len(replay.samples) >= TRAIN_BATCH // 2:
+                    await replay.train_step()  # the samples that came in since the last
                 nursery.cancel_scope.cancel()
         elapsed = trio.current_time() - started
         summary = _summarise(replay, swarm, options, composition, startup, elapsed,
