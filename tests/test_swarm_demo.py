@@ -159,3 +159,19 @@ def test_cli_demo_with_agent_processes_over_quic(tmp_path: Path) -> None:
     assert "judged windows: 60;" in out
     assert re.search(r"learning on: forecasts \d+/60 ", out)
     assert np.isfinite(float(out.split("latency p50 ")[1].split(" ms")[0]))
+
+
+def test_cli_demo_takes_composition_and_parameters_from_a_config_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "swarm.toml"
+    config.write_text('[agents]\npattern_matcher = 1\nreasoning_bank = 1\n\n'
+                      '[parameters.pattern_matcher]\nk = 5\nsimilarity_threshold = 0.7\n')
+    assert main(["demo", "--config", str(config), "--spawn", "task", "--bars", "120",
+                 "--duration", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "agents (task): pattern_matcher=1, reasoning_bank=1" in out
+    assert ("learning off: forecasts" in out and "parameters at the end: "
+            "confidence_threshold=0.4, k=5, similarity_threshold=0.7, window=4" in out)
+    config.write_text("[agents]\npattern_matcher = -1\n")
+    assert main(["demo", "--config", str(config), "--spawn", "task"]) == 2
+    assert "pattern_matcher" in capsys.readouterr().err
