@@ -53,12 +53,12 @@ def block_order(q: np.ndarray) -> np.ndarray:
     return np.argsort(-peak, kind="stable").astype(np.int64)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True)
 def _sq(v: float) -> float:
     return v * v
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True)
 def _min3(a: float, b: float, c: float) -> float:
     r = a
     if b < r:
@@ -105,7 +105,7 @@ def lb_kim(
     return lb
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True)
 def _min2(a: float, b: float) -> float:
     return a if a < b else b
 
@@ -169,7 +169,7 @@ def lb_kim_block(
         out[i] = lb
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True)
 def _excess(v: float, upper: float, lower: float) -> float:
     # Squared distance from v to [lower, upper], written as selects.
     above = v - upper
@@ -177,47 +177,6 @@ def _excess(v: float, upper: float, lower: float) -> float:
     # At most one of the two is positive (upper >= lower).
     d = (above if above > 0.0 else 0.0) + (below if below > 0.0 else 0.0)
     return d * d
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _block8(
-    x: np.ndarray, start: int, mean: float, inv: float, upper: np.ndarray,
-    lower: np.ndarray, b0: int,
-) -> float:
-    # Eight contributions summed as a tree: three dependent adds instead of
-    # eight, so consecutive blocks overlap in the pipeline.
-    s = start + b0
-    d0 = _excess((x[s] - mean) * inv, upper[b0], lower[b0])
-    d1 = _excess((x[s + 1] - mean) * inv, upper[b0 + 1], lower[b0 + 1])
-    d2 = _excess((x[s + 2] - mean) * inv, upper[b0 + 2], lower[b0 + 2])
-    d3 = _excess((x[s + 3] - mean) * inv, upper[b0 + 3], lower[b0 + 3])
-    d4 = _excess((x[s + 4] - mean) * inv, upper[b0 + 4], lower[b0 + 4])
-    d5 = _excess((x[s + 5] - mean) * inv, upper[b0 + 5], lower[b0 + 5])
-    d6 = _excess((x[s + 6] - mean) * inv, upper[b0 + 6], lower[b0 + 6])
-    d7 = _excess((x[s + 7] - mean) * inv, upper[b0 + 7], lower[b0 + 7])
-    return ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _env8(q: np.ndarray, eu: np.ndarray, el: np.ndarray, s: int, t: int, mean: float,
-          inv: float) -> float:
-    return _excess(q[t], (eu[s + t] - mean) * inv, (el[s + t] - mean) * inv)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _block8_env(
-    q: np.ndarray, eu: np.ndarray, el: np.ndarray, start: int, mean: float, inv: float,
-    b0: int,
-) -> float:
-    d0 = _env8(q, eu, el, start, b0, mean, inv)
-    d1 = _env8(q, eu, el, start, b0 + 1, mean, inv)
-    d2 = _env8(q, eu, el, start, b0 + 2, mean, inv)
-    d3 = _env8(q, eu, el, start, b0 + 3, mean, inv)
-    d4 = _env8(q, eu, el, start, b0 + 4, mean, inv)
-    d5 = _env8(q, eu, el, start, b0 + 5, mean, inv)
-    d6 = _env8(q, eu, el, start, b0 + 6, mean, inv)
-    d7 = _env8(q, eu, el, start, b0 + 7, mean, inv)
-    return ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -244,7 +203,10 @@ def lb_keogh_query_block(
         for bi in range(blocks.shape[0]):
             b0 = blocks[bi] * LB_BLOCK
             if blocks[bi] < full:
-                lb += _block8(x, start, mean, inv, q_upper, q_lower, b0)
+                # A constant trip count lets LLVM unroll the block.
+                for jj in range(LB_BLOCK):
+                    t = b0 + jj
+                    lb += _excess((x[start + t] - mean) * inv, q_upper[t], q_lower[t])
             else:
                 for t in range(b0, m):
                     lb += _excess((x[start + t] - mean) * inv, q_upper[t], q_lower[t])
@@ -339,7 +301,10 @@ def lb_keogh_data_block(
         for bi in range(blocks.shape[0]):
             b0 = blocks[bi] * LB_BLOCK
             if blocks[bi] < full:
-                lb += _block8_env(q, env_upper, env_lower, start, mean, inv, b0)
+                for jj in range(LB_BLOCK):
+                    t = b0 + jj
+                    lb += _excess(q[t], (env_upper[start + t] - mean) * inv,
+                                  (env_lower[start + t] - mean) * inv)
             else:
                 for t in range(b0, m):
                     lb += _excess(q[t], (env_upper[start + t] - mean) * inv,
