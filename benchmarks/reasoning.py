@@ -5,7 +5,9 @@ One run measures, side by side on this machine:
 * exact top-10 cosine search over 100,000 x 64 (Gaussian vectors, and
   z-normalised windows of a random walk, the shape of real pattern vectors)
   and 1,000,000 x 64: PatternStore.search against plain numpy (normalised
-  matrix, one matvec, then a full argsort; and the better numpy, argpartition);
+  matrix, one BLAS matvec, then a full argsort or argpartition; and einsum +
+  argpartition, which runs on one thread: on a busy machine a threaded BLAS
+  call can wait milliseconds for its worker threads);
 * filtered search at about 1 %, 10 % and 50 % selectivity against numpy with a
   boolean mask evaluated per query;
 * batched inserts (durable: one committed transaction per batch) against bare
@@ -88,6 +90,13 @@ def numpy_argpartition(unit: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
     return top[np.argsort(-scores[top])]
 
 
+def numpy_single_thread(unit: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    # einsum does not call BLAS, so no worker threads to wait for on a busy machine.
+    scores = np.einsum("ij,j->i", unit, q / np.linalg.norm(q))
+    top = np.argpartition(scores, len(scores) - k)[len(scores) - k:]
+    return top[np.argsort(-scores[top])]
+
+
 def walk_windows(n: int, rng: np.random.Generator) -> np.ndarray:
     """z-normalised sliding windows of one random walk: realistic pattern vectors."""
     walk = np.cumsum(rng.standard_normal(n + DIM))
@@ -119,10 +128,12 @@ def bench_exact(store: PatternStore, vecs: np.ndarray, queries: np.ndarray, labe
     ours = timed_over(lambda q: store.search(q, 10), queries, repeat)
     full = timed_over(lambda q: numpy_fullsort(unit, q, 10), queries, repeat)
     part = timed_over(lambda q: numpy_argpartition(unit, q, 10), queries, repeat)
+    single = timed_over(lambda q: numpy_single_thread(unit, q, 10), queries, repeat)
     p90 = float(np.percentile(ours, 90)) * 1e3
     row(f"exact top-10, {label}, p50 (ours p90 {p90:.3f} ms)", ms(ours),
-        f"{ms(full)} numpy full sort; {ms(part)} numpy argpartition",
-        f"{faster(ours, full)}; {faster(ours, part)}")
+        f"{ms(full)} numpy matvec + full sort; {ms(part)} numpy matvec + argpartition; "
+        f"{ms(single)} numpy einsum + argpartition (no BLAS threads)",
+        f"{faster(ours, full)}; {faster(ours, part)}; {faster(ours, single)}")
 
 
 def bench_search(tmp: Path, n: int, repeat: int, rng: np.random.Generator,
