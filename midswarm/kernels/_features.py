@@ -75,7 +75,7 @@ class FeatureFrame:
         return {name: self[name] for name in self.columns}
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _returns_and_vol(close: np.ndarray, vol_window: int, ret: np.ndarray, rv: np.ndarray) -> None:
     n = close.shape[0]
     ret[0] = _NAN
@@ -96,7 +96,7 @@ def _returns_and_vol(close: np.ndarray, vol_window: int, ret: np.ndarray, rv: np
         rv[t] = np.sqrt(max(acc, 0.0))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _rolling(
     close: np.ndarray, window: int, k: float, mean_out: np.ndarray, std_out: np.ndarray,
     z_out: np.ndarray, pctb_out: np.ndarray,
@@ -140,7 +140,7 @@ def _rolling(
             pctb_out[t] = _NAN
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _ema_seeded(x: np.ndarray, first: int, span: int, alpha: float, out: np.ndarray) -> None:
     """SMA-seeded exponential average of ``x[first:]``; NaN before it is defined."""
     n = x.shape[0]
@@ -159,7 +159,7 @@ def _ema_seeded(x: np.ndarray, first: int, span: int, alpha: float, out: np.ndar
         out[t] = e
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _rsi(close: np.ndarray, period: int, out: np.ndarray) -> None:
     n = close.shape[0]
     for t in range(min(n, period)):
@@ -186,7 +186,7 @@ def _rsi(close: np.ndarray, period: int, out: np.ndarray) -> None:
         out[t] = 50.0 if total == 0.0 else 100.0 * gain / total
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _macd(
     close: np.ndarray, fast: int, slow: int, signal: int, macd: np.ndarray,
     sig: np.ndarray, hist: np.ndarray, scratch: np.ndarray,
@@ -201,7 +201,7 @@ def _macd(
         hist[t] = macd[t] - sig[t]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _atr(
     high: np.ndarray, low: np.ndarray, close: np.ndarray, period: int, out: np.ndarray
 ) -> None:
@@ -221,7 +221,7 @@ def _atr(
     _ema_seeded(tr, 1, period, 1.0 / period, out)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _compute(
     high: np.ndarray, low: np.ndarray, close: np.ndarray, params: np.ndarray, k: float,
     out: np.ndarray,
@@ -245,6 +245,22 @@ def _compute(
             _atr(high, low, close, atr_p, out[10])
 
 
+@numba.njit(cache=True, nogil=True)
+def _first_bad(buf: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the first non-finite value, or (-1, 3) when some close
+    is <= 0, or (-1, -1) when all is well."""
+    n = buf.shape[1]
+    for col in range(3):
+        for t in range(n):
+            v = buf[col, t]
+            if not np.isfinite(v):
+                return t, col
+    for t in range(n):
+        if buf[2, t] <= 0.0:
+            return -1, 3
+    return -1, -1
+
+
 def _columns(ohlcv: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(ohlcv, Mapping):
         missing = [c for c in ("high", "low", "close") if c not in ohlcv]
@@ -265,23 +281,30 @@ def _columns(ohlcv: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                     f"got shape {arr.shape}"
                 )
             cols = [arr[:, 1], arr[:, 2], arr[:, 3]]
-    out = []
+    lengths = set()
     for name, col in zip(("high", "low", "close"), cols, strict=True):
         if col.dtype.kind not in "biuf":
             raise ValueError(f"ohlcv: column {name} is not numeric (dtype {col.dtype})")
         if col.ndim != 1:
             raise ValueError(f"ohlcv: column {name} must be 1-D, got shape {col.shape}")
-        col = np.ascontiguousarray(col, dtype=np.float64)
-        if not np.isfinite(col).all():
-            raise ValueError(f"ohlcv: column {name} contains NaN or inf")
-        out.append(col)
-    high, low, close = out
-    if not (high.shape[0] == low.shape[0] == close.shape[0]):
+        lengths.add(col.shape[0])
+    if len(lengths) != 1:
         raise ValueError("ohlcv: columns have different lengths")
-    if close.shape[0] == 0:
+    n = lengths.pop()
+    if n == 0:
         raise ValueError("ohlcv: no bars")
-    if (close <= 0).any():
+    # One contiguous float64 copy per column (numpy handles strides and
+    # dtypes), then one compiled pass for every check.
+    buf = np.empty((3, n))
+    for i, col in enumerate(cols):
+        buf[i] = col
+    bad_row, bad_col = _first_bad(buf)
+    if bad_row >= 0:
+        name = ("high", "low", "close")[bad_col]
+        raise ValueError(f"ohlcv: column {name} contains NaN or inf (row {bad_row})")
+    if bad_col == 3:
         raise ValueError("ohlcv: close must be > 0 (log returns)")
+    high, low, close = buf[0], buf[1], buf[2]
     return high, low, close
 
 
