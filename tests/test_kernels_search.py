@@ -258,3 +258,45 @@ def test_envelopes_match_a_direct_computation(w: int) -> None:
         fill(v, w, upper, lower)
         np.testing.assert_array_equal(upper, expected_u)
         np.testing.assert_array_equal(lower, expected_l)
+
+
+@pytest.mark.parametrize("m", [3, 6, 40])
+def test_lower_bounds_never_exceed_dtw(m: int) -> None:
+    from midswarm.kernels._bounds import (
+        block_order,
+        lb_keogh_data_all,
+        lb_keogh_query_all,
+        lb_kim_block,
+        window_envelope,
+    )
+    from midswarm.kernels._envelope import envelope_range
+
+    rng = np.random.default_rng(m)
+    w = 3
+    x = np.cumsum(rng.standard_normal(400))
+    q = _znorm(np.cumsum(rng.standard_normal(m)))
+    n_cand = x.size - m + 1
+    windows = np.array([_znorm(x[s:s + m]) for s in range(n_cand)])
+    means = np.array([x[s:s + m].mean() for s in range(n_cand)])
+    inv = 1.0 / np.array([x[s:s + m].std() for s in range(n_cand)])
+    exact = np.array([dd_dtw.distance_fast(q, c, window=w + 1, use_pruning=False) ** 2
+                      for c in windows])
+    q_upper = np.empty(m)
+    q_lower = np.empty(m)
+    envelope_range(q, w, 0, m, q_upper, q_lower)
+    env_upper = np.empty_like(x)
+    env_lower = np.empty_like(x)
+    window_envelope(x, w, env_upper, env_lower)
+    kim = np.empty(n_cand)
+    eq = np.empty(n_cand)
+    ec = np.empty(n_cand)
+    lb_kim_block(x, 1, 0, n_cand, means, inv, q, kim)
+    lb_keogh_query_all(x, 0, n_cand, means, inv, q_upper, q_lower, eq)
+    lb_keogh_data_all(env_upper, env_lower, 0, 0, n_cand, means, inv, q, ec)
+    slack = 1 + 1e-12
+    assert (kim <= exact * slack).all()
+    assert (eq <= exact * slack).all()
+    assert (ec <= exact * slack).all()
+    # And they are not vacuous.
+    assert kim.max() > 0 and eq.max() > 0 and ec.max() > 0
+    assert block_order(q).size == -(-m // 8)

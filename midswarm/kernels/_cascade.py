@@ -9,15 +9,17 @@ with statistics computed block by block as the scan advances (no full-length
 arrays: writing those costs more in page faults than the arithmetic); stored
 patterns arrive normalised.  Each stage runs over a whole block of candidates
 in one call (a numba call with array arguments pays reference-count updates
-that cost more than a bound) and hands its survivors to the next.  Each
-candidate goes through, cheapest first, stopping as soon as a bound reaches the
+that cost more than a bound) and hands its survivors to the next; when most of
+a block survives, the LB_Keogh bounds are computed complete for the whole block
+with SIMD across candidates rather than one early-abandoning candidate at a
+time.  Each candidate goes through, cheapest first, stopping as soon as a bound reaches the
 threshold ``T`` (a squared distance):
 
 1. LB_Kim: the cheapest path cells near both corners (first/last three layers);
 2. LB_Keogh against the query's envelope, largest ``|q|`` first (see
    :mod:`._bounds`);
-3. LB_Keogh of the query against the data envelope (computed per block of
-   candidates, and only for blocks where some candidate gets this far);
+3. LB_Keogh of the query against the data envelope (computed, per block, only
+   over the span of the windows that get this far);
 4. banded DTW that abandons when a row's minimum plus the remaining part of the
    cumulative LB_Keogh bounds reaches ``T``.  Survivors are batched and run
    :data:`~._dtw.LANES` at a time in SIMD lanes.
@@ -36,6 +38,8 @@ up in the answer is in the pool, so the greedy selection with the real radius
 over the final pool is exactly the brute-force answer.  Because candidates are
 visited in increasing start order and ``T`` always comes from earlier starts, a
 candidate whose distance merely ties ``T`` loses the tie-break and is not kept.
+(The starting threshold drawn from a sample anywhere in the series carries a
+relative margin of 1e-9, so no candidate can tie it.)
 
 Bounds are compared with ``prune = T * (1 + PRUNE_SLACK)`` rather than ``T``:
 a lower bound summed in another order than the DTW can exceed it by a few ulps

@@ -3,16 +3,17 @@
 Theory of operation
 -------------------
 :func:`dtw_knn_stats` prepares the query (z-normalised, its envelope, its
-positions sorted by decreasing magnitude), the candidates' statistics (running
-means and standard deviations, see :mod:`._envelope`) and the data envelope, then
-scans candidates through the compiled cascade of :mod:`._cascade` in *rounds*.
-The first round is one chunk on one thread: it establishes a finite abandoning
-threshold.  Every later round hands one chunk per thread to ``prange``; each
-chunk starts from a copy of the shared pool and threshold and tightens its own
-copy as it goes (a per-thread heap, in effect).  Between rounds the pools are
-merged and the shared threshold recomputed.  Chunks are visited in increasing
-start order, so the shared threshold always comes from earlier candidates,
-which is what makes tie pruning safe (see :mod:`._cascade`).
+blocks ordered by magnitude, see :mod:`._bounds`), takes a starting threshold
+from an evenly spaced sample of candidates (see :func:`_seed_threshold`), then
+scans all candidates through the compiled cascade of :mod:`._cascade` in
+*rounds*; window statistics and envelopes are computed inside the scan.  Each
+round hands one chunk per thread to ``prange`` (a lone chunk while there is no
+finite threshold yet); each chunk starts from a copy of the shared pool and
+threshold and tightens its own copy as it goes (a per-thread heap, in effect).
+Between rounds the pools are merged and the shared threshold recomputed.
+Chunks are visited in increasing start order, so the shared threshold always
+comes from earlier candidates, which is what makes tie pruning safe (see
+:mod:`._cascade`).
 
 A matrix of stored patterns (one per row) is searched the same way through
 :class:`PatternLibrary`, which normalises the rows and computes their envelopes
@@ -128,7 +129,7 @@ class _Prepared:
     """Everything the cascade needs about the candidates (flat buffer layout).
 
     ``stream_stats``: z-normalise windows of ``x`` on the fly; otherwise the
-    candidates are used as stored.  Empty envelopes: computed per candidate.
+    candidates are used as stored.  Empty envelopes: computed during the scan.
     """
 
     x: np.ndarray
@@ -311,8 +312,8 @@ def _prepare_rows(
 class PatternLibrary:
     """A matrix of stored patterns (one per row) prepared for repeated DTW queries.
 
-    The rows are z-normalised (when *znorm*) and their envelopes computed once,
-    here; :meth:`knn` then runs the same exact lower-bound cascade as
+    The rows are z-normalised (when *znorm*; kept in :attr:`patterns`) and
+    their envelopes computed once, here; :meth:`knn` then runs the same exact lower-bound cascade as
     :func:`dtw_knn` over the rows, and :meth:`distances` scores a query against
     every row exactly (multi-lane, multi-thread DTW, no pruning).  Rows are
     independent patterns, so no trivial-match exclusion applies.
@@ -378,8 +379,11 @@ def dtw_knn_stats(
     k = check_positive_int("k", k)
     w = check_window("window", window)
     zn = _check_znorm(znorm)
-    arr = np.asarray(series) if not isinstance(series, np.ndarray) else series
-    if isinstance(arr, np.ndarray) and arr.ndim == 2:
+    try:
+        arr = np.asarray(series)
+    except Exception as exc:  # ragged nested lists and the like
+        raise ValueError(f"series: cannot be read as a numeric array ({exc})") from exc
+    if arr.ndim == 2:
         if exclusion not in (None, 0):
             raise ValueError(
                 "exclusion: rows of a 2-D series are independent windows; "
@@ -393,7 +397,7 @@ def dtw_knn_stats(
             f"query: length {m} is longer than series (length {x.shape[0]})"
         )
     excl = m // 4 if exclusion is None else check_window("exclusion", exclusion)
-    # No envelope arrays: the cascade builds each candidate's own when needed.
+    # No envelope arrays: the cascade computes the spans it needs.
     prep = _Prepared(x, np.empty(0), np.empty(0), zn, 1, x.shape[0] - m + 1)
     return _search(prep, q, w, k, excl, zn)
 
