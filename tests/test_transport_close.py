@@ -10,56 +10,37 @@ import functools
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
+from _helpers import (
+    Handler,
+    client_tls,
+    echo_roundtrip,
+    echo_stream,
+    quic_server,
+    read_to_eof,
+    serve_streams,
+)
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection as AioQuicConnection
 from aioquic.quic.packet import pull_quic_header
 
 from midswarm.transport import (
-    ClientTLS,
     ConnectionClosed,
     QuicConfig,
     QuicConnection,
     QuicListener,
     QuicStream,
-    ServerTLS,
     connect_quic,
-    serve_quic,
 )
-
-Handler = Callable[[QuicConnection], Awaitable[object]]
 
 # Small windows so that a peer that does not read stalls a sender quickly.
 SMALL = QuicConfig(stream_receive_window=16 * 1024, stream_send_watermark=16 * 1024)
-
-
-async def echo_stream(stream: QuicStream) -> None:
-    try:
-        while data := await stream.receive_some():
-            await stream.send_all(data)
-        await stream.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
-async def read_to_eof(stream: QuicStream) -> bytes:
-    chunks = []
-    while data := await stream.receive_some():
-        chunks.append(data)
-    return b"".join(chunks)
-
-
-async def echo_roundtrip(conn: QuicConnection, data: bytes) -> bytes:
-    stream = await conn.open_stream()
-    await stream.send_all(data)
-    await stream.send_eof()
-    return await read_to_eof(stream)
 
 
 class ScriptedServer:
@@ -81,20 +62,15 @@ class ScriptedServer:
     async def handle(self, conn: QuicConnection) -> None:
         self.connections.append(conn)
         try:
-            async with trio.open_nursery() as nursery:
-                while True:
-                    try:
-                        stream = await conn.accept_stream()
-                    except ConnectionClosed:
-                        return
-                    kind = await stream.receive_some(1)
-                    if kind == b"X":
-                        raise RuntimeError("handler failure requested by the test")
-                    nursery.start_soon(self._serve, stream, kind)
+            await serve_streams(conn, self._serve)
         finally:
             self.handler_exits += 1
 
-    async def _serve(self, stream: QuicStream, kind: bytes) -> None:
+    async def _serve(self, stream: QuicStream) -> None:
+        kind = await stream.receive_some(1)
+        if kind == b"X":
+            # Escapes serve_streams' nursery: the connection handler fails.
+            raise RuntimeError("handler failure requested by the test")
         try:
             if kind == b"E":
                 await echo_stream(stream)
@@ -119,22 +95,13 @@ async def scripted(certs: Path, config: QuicConfig | None = None,
                    handler: Handler | None = None
                    ) -> AsyncIterator[tuple[ScriptedServer, QuicListener]]:
     server = ScriptedServer()
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
-    async with trio.open_nursery() as nursery:
-        listener: QuicListener = await nursery.start(functools.partial(
-            serve_quic, handler or server.handle, 0, tls=tls, config=config))
-        try:
-            yield server, listener
-        finally:
-            listener.close()
+    async with quic_server(handler or server.handle, certs, config) as listener:
+        yield server, listener
 
 
-@asynccontextmanager
-async def client(certs: Path, port: int,
-                 config: QuicConfig | None = None) -> AsyncIterator[QuicConnection]:
-    async with connect_quic("127.0.0.1", port, tls=ClientTLS(certs / "ca.pem"),
-                            config=config) as conn:
-        yield conn
+def client(certs: Path, port: int,
+           config: QuicConfig | None = None) -> AbstractAsyncContextManager[QuicConnection]:
+    return connect_quic("127.0.0.1", port, tls=client_tls(certs), config=config)
 
 
 # --- resets and STOP_SENDING -----------------------------------------------------------

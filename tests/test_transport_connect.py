@@ -11,54 +11,9 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from _helpers import client_tls, echo_handler, echo_roundtrip, quic_pair, quic_server, server_tls
 
-from midswarm.transport import (
-    ClientTLS,
-    ConnectionClosed,
-    QuicConfig,
-    QuicConnection,
-    QuicListener,
-    QuicStream,
-    ServerTLS,
-    connect_quic,
-    serve_quic,
-)
-
-
-async def echo_handler(conn: QuicConnection) -> None:
-    async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                stream = await conn.accept_stream()
-            except ConnectionClosed:
-                return
-            nursery.start_soon(echo_stream, stream)
-
-
-async def echo_stream(stream: QuicStream) -> None:
-    try:
-        while data := await stream.receive_some():
-            await stream.send_all(data)
-        await stream.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
-async def echo(conn: QuicConnection, data: bytes) -> bytes:
-    stream = await conn.open_stream()
-    chunks: list[bytes] = []
-    async with trio.open_nursery() as nursery:
-        async def send() -> None:
-            await stream.send_all(data)
-            await stream.send_eof()
-        nursery.start_soon(send)
-        while chunk := await stream.receive_some():
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def server_tls(certs: Path) -> ServerTLS:
-    return ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
+from midswarm.transport import ConnectionClosed, QuicConfig, connect_quic, serve_quic
 
 
 def free_udp_port() -> int:
@@ -71,7 +26,7 @@ async def test_connect_to_closed_port_raises_connection_closed(certs: Path) -> N
     port = free_udp_port()
     config = QuicConfig(handshake_timeout=5)
     with trio.fail_after(10), pytest.raises(ConnectionClosed):
-        async with connect_quic("127.0.0.1", port, tls=ClientTLS(certs / "ca.pem"),
+        async with connect_quic("127.0.0.1", port, tls=client_tls(certs),
                                 config=config):
             pass
 
@@ -83,7 +38,7 @@ async def test_silent_server_raises_connection_closed_after_handshake_timeout(
         await silent.bind(("127.0.0.1", 0))  # bound, never answers
         port = silent.getsockname()[1]
         with trio.fail_after(10), pytest.raises(ConnectionClosed, match="handshake"):
-            async with connect_quic("127.0.0.1", port, tls=ClientTLS(certs / "ca.pem"),
+            async with connect_quic("127.0.0.1", port, tls=client_tls(certs),
                                     config=config):
                 pass
 
@@ -92,35 +47,29 @@ async def test_many_clients_at_once(certs: Path) -> None:
     n_clients, n_streams = 30, 5
     results: dict[tuple[int, int], bytes] = {}
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(
-                functools.partial(serve_quic, echo_handler, 0, tls=server_tls(certs)))
+        async with quic_server(echo_handler, certs) as listener:
 
             async def client(c: int) -> None:
                 async with connect_quic("127.0.0.1", listener.port,
-                                        tls=ClientTLS(certs / "ca.pem")) as conn:
+                                        tls=client_tls(certs)) as conn:
                     async with trio.open_nursery() as streams:
                         for s in range(n_streams):
                             async def one(s: int = s) -> None:
-                                results[c, s] = await echo(conn, f"{c}:{s}".encode() * 500)
+                                data = f"{c}:{s}".encode() * 500
+                                results[c, s] = await echo_roundtrip(conn, data)
                             streams.start_soon(one)
 
             async with trio.open_nursery() as clients:
                 for c in range(n_clients):
                     clients.start_soon(client, c)
-            listener.close()
     assert results == {(c, s): f"{c}:{s}".encode() * 500
                        for c in range(n_clients) for s in range(n_streams)}
 
 
 async def test_ipv6_loopback(certs: Path) -> None:
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(
-                functools.partial(serve_quic, echo_handler, 0, "::1", server_tls(certs)))
-            async with connect_quic("::1", listener.port, tls=ClientTLS(certs / "ca.pem")) as conn:
-                assert await echo(conn, b"six") == b"six"
-            listener.close()
+        async with quic_pair(echo_handler, certs, host="::1") as (_, conn):
+            assert await echo_roundtrip(conn, b"six") == b"six"
 
 
 @pytest.mark.parametrize("congestion_control", ["reno", "cubic"])
@@ -128,29 +77,19 @@ async def test_congestion_controllers(certs: Path, congestion_control: str) -> N
     config = QuicConfig(congestion_control=congestion_control)
     data = bytes(range(256)) * 8192  # 2 MiB
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(functools.partial(
-                serve_quic, echo_handler, 0, tls=server_tls(certs), config=config))
-            async with connect_quic("127.0.0.1", listener.port, tls=ClientTLS(certs / "ca.pem"),
-                                    config=config) as conn:
-                assert await echo(conn, data) == data
-            listener.close()
+        async with quic_pair(echo_handler, certs, config) as (_, conn):
+            assert await echo_roundtrip(conn, data) == data
 
 
 async def test_writes_before_handshake_without_ticket_arrive(certs: Path) -> None:
     """wait_connected=False with no ticket: nothing rides in 0-RTT, but data written
     before the handshake completes is sent once it does."""
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(
-                functools.partial(serve_quic, echo_handler, 0, tls=server_tls(certs)))
-            async with connect_quic("127.0.0.1", listener.port, tls=ClientTLS(certs / "ca.pem"),
-                                    wait_connected=False) as conn:
-                assert not conn.handshake_complete
-                assert await echo(conn, b"eager") == b"eager"
-                assert conn.handshake_complete
-                assert not conn.session_resumed and not conn.early_data_accepted
-            listener.close()
+        async with quic_pair(echo_handler, certs, wait_connected=False) as (_, conn):
+            assert not conn.handshake_complete
+            assert await echo_roundtrip(conn, b"eager") == b"eager"
+            assert conn.handshake_complete
+            assert not conn.session_resumed and not conn.early_data_accepted
 
 
 class RebindingRelay:
@@ -199,14 +138,14 @@ class RebindingRelay:
 
 async def test_connection_survives_client_address_change(certs: Path) -> None:
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(
-                functools.partial(serve_quic, echo_handler, 0, tls=server_tls(certs)))
+        async with quic_server(echo_handler, certs) as listener, \
+                trio.open_nursery() as nursery:
             relay = RebindingRelay(("127.0.0.1", listener.port), switch_after=20)
             port: int = await nursery.start(relay.run)
-            async with connect_quic("127.0.0.1", port, tls=ClientTLS(certs / "ca.pem")) as conn:
+            async with connect_quic("127.0.0.1", port, tls=client_tls(certs)) as conn:
                 for i in range(40):
-                    assert await echo(conn, b"before/after %d" % i) == b"before/after %d" % i
+                    data = b"before/after %d" % i
+                    assert await echo_roundtrip(conn, data) == data
                 assert relay.switched.is_set()
             nursery.cancel_scope.cancel()
 
@@ -255,7 +194,7 @@ async def test_cancelling_connect_during_handshake_cleans_up(certs: Path) -> Non
         port = silent.getsockname()[1]
         with trio.fail_after(10):
             with trio.move_on_after(0.2) as scope:
-                async with connect_quic("127.0.0.1", port, tls=ClientTLS(certs / "ca.pem")):
+                async with connect_quic("127.0.0.1", port, tls=client_tls(certs)):
                     raise AssertionError("a silent server cannot complete a handshake")
             assert scope.cancelled_caught
             # Nothing of the connection is left running in this Trio run.

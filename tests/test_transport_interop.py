@@ -4,8 +4,6 @@ through trio-asyncio."""
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,30 +12,22 @@ from typing import Any
 
 import trio
 import trio_asyncio
+from _helpers import client_tls, echo_handler, echo_roundtrip, payload, quic_server, server_tls
 from aioquic.asyncio import connect as aio_connect
 from aioquic.asyncio import serve as aio_serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.tls import SessionTicket
 
 from midswarm.transport import (
-    ClientTLS,
-    ConnectionClosed,
     QuicConfig,
     QuicConnection,
     QuicListener,
-    QuicStream,
     ServerTLS,
     SessionTicketStore,
     connect_quic,
-    serve_quic,
 )
 
 ALPN = QuicConfig().alpn
-
-
-def payload(tag: str, size: int) -> bytes:
-    seed = hashlib.sha256(tag.encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size]
 
 
 # --- our side -------------------------------------------------------------------------
@@ -53,50 +43,15 @@ class EchoServer:
         self.seen.append({"identity": conn.peer_identity, "alpn": conn.alpn_protocol,
                           "resumed": conn.session_resumed,
                           "early": conn.early_data_accepted})
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await conn.accept_stream()
-                except ConnectionClosed:
-                    return
-                nursery.start_soon(self._echo, stream)
-
-    async def _echo(self, stream: QuicStream) -> None:
-        try:
-            while data := await stream.receive_some():
-                await stream.send_all(data)
-            await stream.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        await echo_handler(conn)
 
 
 @asynccontextmanager
-async def our_server(tls: ServerTLS) -> AsyncIterator[tuple[EchoServer, QuicListener]]:
+async def our_server(certs: Path, tls: ServerTLS
+                     ) -> AsyncIterator[tuple[EchoServer, QuicListener]]:
     server = EchoServer()
-    async with trio.open_nursery() as nursery:
-        listener: QuicListener = await nursery.start(
-            functools.partial(serve_quic, server.handle, 0, tls=tls))
-        try:
-            yield server, listener
-        finally:
-            listener.close()
-
-
-async def read_to_eof(stream: QuicStream) -> bytes:
-    chunks = []
-    while data := await stream.receive_some():
-        chunks.append(data)
-    return b"".join(chunks)
-
-
-async def our_echo(conn: QuicConnection, data: bytes) -> bytes:
-    stream = await conn.open_stream()
-    async with trio.open_nursery() as nursery:
-        async def send() -> None:
-            await stream.send_all(data)
-            await stream.send_eof()
-        nursery.start_soon(send)
-        return await read_to_eof(stream)
+    async with quic_server(server.handle, certs, tls=tls) as listener:
+        yield server, listener
 
 
 # --- aioquic's side (asyncio code, called through trio_asyncio.aio_as_trio) ---------------
@@ -193,9 +148,9 @@ async def aioquic_server(certs: Path) -> AsyncIterator[int]:
 
 async def test_aioquic_client_against_our_server(certs: Path) -> None:
     messages = [b"", b"hello", payload("mid", 50_000), payload("big", 1 << 20)]
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
     with trio.fail_after(30):
-        async with trio_asyncio.open_loop(), our_server(tls) as (server, listener):
+        async with trio_asyncio.open_loop(), \
+                our_server(certs, server_tls(certs)) as (server, listener):
             result = await trio_asyncio.aio_as_trio(aio_client_echo)(
                 listener.port, aio_client_config(certs), messages)
     assert result["echoed"] == messages
@@ -207,14 +162,14 @@ async def test_our_client_against_aioquic_server(certs: Path) -> None:
     with trio.fail_after(30):
         async with trio_asyncio.open_loop(), aioquic_server(certs) as port:
             async with connect_quic("127.0.0.1", port,
-                                    tls=ClientTLS(certs / "ca.pem")) as conn:
+                                    tls=client_tls(certs)) as conn:
                 assert conn.alpn_protocol == ALPN
                 assert conn.peer_identity == "coordinator"
                 messages = [b"x", payload("m", 70_000), payload("l", 1 << 20)]
                 results: dict[int, bytes] = {}
 
                 async def one(i: int) -> None:
-                    results[i] = await our_echo(conn, messages[i])
+                    results[i] = await echo_roundtrip(conn, messages[i])
 
                 async with trio.open_nursery() as nursery:
                     for i in range(len(messages)):
@@ -223,10 +178,9 @@ async def test_our_client_against_aioquic_server(certs: Path) -> None:
 
 
 async def test_aioquic_client_certificate_gives_identity_on_our_server(certs: Path) -> None:
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key", ca=certs / "ca.pem",
-                    require_client_cert=True)
+    tls = server_tls(certs, mutual=True)
     with trio.fail_after(30):
-        async with trio_asyncio.open_loop(), our_server(tls) as (server, listener):
+        async with trio_asyncio.open_loop(), our_server(certs, tls) as (server, listener):
             result = await trio_asyncio.aio_as_trio(aio_client_echo)(
                 listener.port, aio_client_config(certs, agent="a2"), [b"who am i"])
     assert result["echoed"] == [b"who am i"]
@@ -234,10 +188,10 @@ async def test_aioquic_client_certificate_gives_identity_on_our_server(certs: Pa
 
 
 async def test_aioquic_client_resumes_with_0rtt_on_our_server(certs: Path) -> None:
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
     tickets: list[SessionTicket] = []
     with trio.fail_after(30):
-        async with trio_asyncio.open_loop(), our_server(tls) as (server, listener):
+        async with trio_asyncio.open_loop(), \
+                our_server(certs, server_tls(certs)) as (server, listener):
             first = await trio_asyncio.aio_as_trio(aio_client_echo)(
                 listener.port, aio_client_config(certs), [b"one"], tickets=tickets)
             assert tickets, "our server sent no session ticket"
@@ -252,16 +206,16 @@ async def test_aioquic_client_resumes_with_0rtt_on_our_server(certs: Path) -> No
 
 async def test_our_client_resumes_with_0rtt_on_aioquic_server(certs: Path) -> None:
     store = SessionTicketStore()
-    tls = ClientTLS(certs / "ca.pem")
+    tls = client_tls(certs)
     with trio.fail_after(30):
         async with trio_asyncio.open_loop(), aioquic_server(certs) as port:
             async with connect_quic("127.0.0.1", port, tls=tls, session_tickets=store) as conn:
-                assert await our_echo(conn, b"one") == b"one"
+                assert await echo_roundtrip(conn, b"one") == b"one"
                 assert not conn.session_resumed
             assert len(store) == 1
             async with connect_quic("127.0.0.1", port, tls=tls, session_tickets=store,
                                     wait_connected=False) as conn:
-                assert await our_echo(conn, b"early") == b"early"
+                assert await echo_roundtrip(conn, b"early") == b"early"
                 await conn.wait_handshake()
                 assert conn.session_resumed
                 assert conn.early_data_accepted

@@ -4,26 +4,31 @@ order on its stream."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from _helpers import (
+    Handler,
+    client_tls,
+    echo_handler,
+    echo_roundtrip,
+    payload,
+    quic_server,
+    serve_streams,
+)
 
 from midswarm.transport import (
-    ClientTLS,
-    ConnectionClosed,
     MessageStream,
     QuicConfig,
     QuicConnection,
     QuicListener,
     QuicStream,
-    ServerTLS,
     connect_quic,
-    serve_quic,
 )
 
 
@@ -84,28 +89,20 @@ class LossyRelay:
                             await sock.sendto(data, dest)
 
 
-def payload(tag: str, size: int) -> bytes:
-    seed = hashlib.sha256(tag.encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size]
-
-
-async def echo_stream(stream: QuicStream) -> None:
-    try:
-        while data := await stream.receive_some():
-            await stream.send_all(data)
-        await stream.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
-async def echo_handler(conn: QuicConnection) -> None:
-    async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                stream = await conn.accept_stream()
-            except ConnectionClosed:
-                return
-            nursery.start_soon(echo_stream, stream)
+@asynccontextmanager
+async def through_relay(certs: Path, handler: Handler, config: QuicConfig | None,
+                        seed: int, **misbehaviour: float
+                        ) -> AsyncIterator[tuple[QuicListener, LossyRelay, QuicConnection]]:
+    """Serve ``handler``; yield ``(listener, relay, conn)`` with ``conn`` a client
+    connection that reaches the server through ``LossyRelay(seed, **misbehaviour)``."""
+    async with quic_server(handler, certs, config) as listener, \
+            trio.open_nursery() as nursery:
+        relay = LossyRelay(seed, ("127.0.0.1", listener.port), **misbehaviour)
+        relay_port: int = await nursery.start(relay.run)
+        async with connect_quic("127.0.0.1", relay_port, tls=client_tls(certs),
+                                config=config) as conn:
+            yield listener, relay, conn
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(("seed", "drop", "duplicate", "reorder", "per_stream"), [
@@ -122,33 +119,25 @@ async def test_messages_survive_loss_duplication_reordering(
     sizes = {(s, m): rng.randint(2_000, 30_000) if rng.random() < 0.2 else rng.randint(1, 1_000)
              for s in range(n_streams) for m in range(per_stream)}
     received: dict[int, list[bytes]] = {}
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
     with trio.fail_after(45):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(
-                functools.partial(serve_quic, echo_handler, 0, tls=tls))
-            relay = LossyRelay(seed, ("127.0.0.1", listener.port), drop=drop,
-                               duplicate=duplicate, reorder=reorder)
-            relay_port: int = await nursery.start(relay.run)
-            async with connect_quic("127.0.0.1", relay_port,
-                                    tls=ClientTLS(certs / "ca.pem")) as conn:
+        async with through_relay(certs, echo_handler, None, seed, drop=drop,
+                                 duplicate=duplicate, reorder=reorder) as (_, relay, conn):
 
-                async def one_stream(s: int) -> None:
-                    ms = MessageStream(await conn.open_stream())
+            async def one_stream(s: int) -> None:
+                ms = MessageStream(await conn.open_stream())
 
-                    async def send() -> None:
-                        for m in range(per_stream):
-                            await ms.send_message(payload(f"{s}/{m}", sizes[s, m]))
-                        await ms.send_eof()
+                async def send() -> None:
+                    for m in range(per_stream):
+                        await ms.send_message(payload(f"{s}/{m}", sizes[s, m]))
+                    await ms.send_eof()
 
-                    async with trio.open_nursery() as inner:
-                        inner.start_soon(send)
-                        received[s] = [msg async for msg in ms]
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(send)
+                    received[s] = [msg async for msg in ms]
 
-                async with trio.open_nursery() as streams:
-                    for s in range(n_streams):
-                        streams.start_soon(one_stream, s)
-            nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as streams:
+                for s in range(n_streams):
+                    streams.start_soon(one_stream, s)
     for s in range(n_streams):
         expected = [payload(f"{s}/{m}", sizes[s, m]) for m in range(per_stream)]
         assert len(received[s]) == per_stream, f"stream {s}"
@@ -161,7 +150,6 @@ async def test_keep_alive_does_not_keep_a_dead_path_alive(certs: Path) -> None:
     """Pings keep an idle connection up, but when nothing comes back at all both
     ends still give up after the idle timeout (and the server handler ends)."""
     config = QuicConfig(keep_alive_interval=0.05, idle_timeout=0.5)
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
     handler_done = trio.Event()
 
     async def handler(conn: QuicConnection) -> None:
@@ -171,43 +159,30 @@ async def test_keep_alive_does_not_keep_a_dead_path_alive(certs: Path) -> None:
             handler_done.set()
 
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(
-                functools.partial(serve_quic, handler, 0, tls=tls, config=config))
-            relay = LossyRelay(0, ("127.0.0.1", listener.port), drop=0, duplicate=0,
-                               reorder=0)
-            relay_port: int = await nursery.start(relay.run)
-            async with connect_quic("127.0.0.1", relay_port, tls=ClientTLS(certs / "ca.pem"),
-                                    config=config) as conn:
-                ms = MessageStream(await conn.open_stream())
-                await ms.send_message(b"ping")
-                assert await ms.receive_message() == b"ping"
-                relay.blackhole = True
-                with trio.fail_after(5):
-                    await conn.terminated.wait()
-                with trio.fail_after(5):
-                    await handler_done.wait()
-                with pytest.raises(trio.BrokenResourceError):
-                    await ms.send_message(b"anyone?")
+        async with through_relay(certs, handler, config, 0, drop=0, duplicate=0,
+                                 reorder=0) as (listener, relay, conn):
+            ms = MessageStream(await conn.open_stream())
+            await ms.send_message(b"ping")
+            assert await ms.receive_message() == b"ping"
+            relay.blackhole = True
+            with trio.fail_after(5):
+                await conn.terminated.wait()
+            with trio.fail_after(5):
+                await handler_done.wait()
+            with pytest.raises(trio.BrokenResourceError):
+                await ms.send_message(b"anyone?")
+            # The handler's end removed the connection (the listener still serves).
             assert not listener.connections
-            nursery.cancel_scope.cancel()
 
 
-async def _through_lossy_relay(certs: Path, seed: int, handler: Any, config: QuicConfig,
-                               client_work: Any) -> LossyRelay:
+async def _through_lossy_relay(certs: Path, seed: int, handler: Handler, config: QuicConfig,
+                               client_work: Callable[[QuicConnection], Awaitable[object]]
+                               ) -> LossyRelay:
     """Serve ``handler``; run ``client_work(conn)`` on a connection through a relay
     with 10 % loss, some duplication and reordering; return the relay."""
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
-    async with trio.open_nursery() as nursery:
-        listener: QuicListener = await nursery.start(
-            functools.partial(serve_quic, handler, 0, tls=tls, config=config))
-        relay = LossyRelay(seed, ("127.0.0.1", listener.port), drop=0.10, duplicate=0.05,
-                           reorder=0.10)
-        relay_port: int = await nursery.start(relay.run)
-        async with connect_quic("127.0.0.1", relay_port, tls=ClientTLS(certs / "ca.pem"),
-                                config=config) as conn:
-            await client_work(conn)
-        nursery.cancel_scope.cancel()
+    async with through_relay(certs, handler, config, seed, drop=0.10, duplicate=0.05,
+                             reorder=0.10) as (_, relay, conn):
+        await client_work(conn)
     return relay
 
 
@@ -220,17 +195,7 @@ async def test_small_windows_under_loss_do_not_stall(certs: Path) -> None:
 
     async def work(conn: QuicConnection) -> None:
         async def one(i: int) -> None:
-            stream = await conn.open_stream()
-            data = payload(f"w{i}", size)
-            async with trio.open_nursery() as nursery:
-                async def send() -> None:
-                    await stream.send_all(data)
-                    await stream.send_eof()
-                nursery.start_soon(send)
-                chunks = []
-                while chunk := await stream.receive_some():
-                    chunks.append(chunk)
-            received[i] = b"".join(chunks)
+            received[i] = await echo_roundtrip(conn, payload(f"w{i}", size))
 
         async with trio.open_nursery() as nursery:
             for i in range(n_streams):
@@ -248,13 +213,7 @@ async def test_resets_and_fins_under_loss_arrive(certs: Path) -> None:
     n_streams = 60
 
     async def handler(conn: QuicConnection) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await conn.accept_stream()
-                except ConnectionClosed:
-                    return
-                nursery.start_soon(serve, stream)
+        await serve_streams(conn, serve)
 
     async def serve(stream: QuicStream) -> None:
         try:

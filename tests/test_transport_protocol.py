@@ -3,7 +3,6 @@ server and is reset; the connection's other streams and other connections keep w
 
 from __future__ import annotations
 
-import functools
 import random
 import struct
 from pathlib import Path
@@ -12,23 +11,19 @@ import attrs
 import msgpack
 import pytest
 import trio
+from _helpers import client_tls, quic_pair, quic_server, serve_streams
 
 from midswarm.transport import (
     FRAMING_ERROR_CODE,
     PROTOCOL_VERSION,
-    ClientTLS,
-    ConnectionClosed,
     MessageStream,
     ProtocolError,
     QuicConnection,
-    QuicListener,
     QuicStream,
-    ServerTLS,
     connect_quic,
     decode,
     encode,
     message,
-    serve_quic,
 )
 
 MAX_MESSAGE = 64 * 1024
@@ -53,13 +48,7 @@ class PingServer:
         self.errors: list[ProtocolError] = []
 
     async def handle(self, conn: QuicConnection) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await conn.accept_stream()
-                except ConnectionClosed:
-                    return
-                nursery.start_soon(self.serve_stream, stream)
+        await serve_streams(conn, self.serve_stream)
 
     async def serve_stream(self, stream: QuicStream) -> None:
         ms = MessageStream(stream, max_message_size=MAX_MESSAGE)
@@ -119,14 +108,9 @@ async def ping(ms: MessageStream, n: int) -> None:
 async def test_bad_stream_is_reset_and_everything_else_keeps_working(
         certs: Path, bad: bytes, fin: bool) -> None:
     server = PingServer()
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
-    client_tls = ClientTLS(certs / "ca.pem")
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(
-                functools.partial(serve_quic, server.handle, 0, tls=tls))
-            async with connect_quic("127.0.0.1", listener.port, tls=client_tls) as conn, \
-                    connect_quic("127.0.0.1", listener.port, tls=client_tls) as other:
+        async with quic_pair(server.handle, certs) as (listener, conn):
+            async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs)) as other:
                 good = MessageStream(await conn.open_stream())
                 await ping(good, 1)
 
@@ -147,22 +131,18 @@ async def test_bad_stream_is_reset_and_everything_else_keeps_working(
                 # Another connection is untouched.
                 await ping(MessageStream(await other.open_stream()), 4)
                 assert not conn.closed and not other.closed
-            listener.close()
     assert len(server.errors) == 1
 
 
 async def test_bad_streams_on_many_connections_at_once(certs: Path) -> None:
     server = PingServer()
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
-    client_tls = ClientTLS(certs / "ca.pem")
     cases = list(BAD_INPUT.values())
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(
-                functools.partial(serve_quic, server.handle, 0, tls=tls))
+        async with quic_server(server.handle, certs) as listener:
 
             async def client(i: int) -> None:
-                async with connect_quic("127.0.0.1", listener.port, tls=client_tls) as conn:
+                async with connect_quic("127.0.0.1", listener.port,
+                                        tls=client_tls(certs)) as conn:
                     good = MessageStream(await conn.open_stream())
                     for round_ in range(3):
                         bad, fin = cases[(i + round_) % len(cases)]
@@ -178,33 +158,26 @@ async def test_bad_streams_on_many_connections_at_once(certs: Path) -> None:
             async with trio.open_nursery() as clients:
                 for i in range(6):
                     clients.start_soon(client, i)
-            listener.close()
     assert len(server.errors) == 18
 
 
 async def test_udp_junk_does_not_disturb_connections(certs: Path) -> None:
     server = PingServer()
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
     rng = random.Random(7)
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(
-                functools.partial(serve_quic, server.handle, 0, tls=tls))
-            async with connect_quic("127.0.0.1", listener.port,
-                                    tls=ClientTLS(certs / "ca.pem")) as conn:
-                good = MessageStream(await conn.open_stream())
-                await ping(good, 1)
-                with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
-                    await sock.bind(("127.0.0.1", 0))
-                    for i in range(200):
-                        size = rng.choice([0, 1, 5, 30, 1199, 1200, 1500])
-                        junk = bytearray(rng.randbytes(size))
-                        if junk and i % 2:
-                            junk[0] |= 0xC0  # long header, version 1: looks like an INITIAL
-                            junk[1:5] = b"\0\0\0\1"
-                        await sock.sendto(bytes(junk), ("127.0.0.1", listener.port))
-                for n in range(2, 6):
-                    await ping(good, n)
-                assert not conn.closed
-            listener.close()
+        async with quic_pair(server.handle, certs) as (listener, conn):
+            good = MessageStream(await conn.open_stream())
+            await ping(good, 1)
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+                await sock.bind(("127.0.0.1", 0))
+                for i in range(200):
+                    size = rng.choice([0, 1, 5, 30, 1199, 1200, 1500])
+                    junk = bytearray(rng.randbytes(size))
+                    if junk and i % 2:
+                        junk[0] |= 0xC0  # long header, version 1: looks like an INITIAL
+                        junk[1:5] = b"\0\0\0\1"
+                    await sock.sendto(bytes(junk), ("127.0.0.1", listener.port))
+            for n in range(2, 6):
+                await ping(good, n)
+            assert not conn.closed
     assert server.errors == []

@@ -6,81 +6,26 @@ tasks wait on the network); every test is bounded by ``trio.fail_after``.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+from _helpers import (
+    client_tls,
+    echo_handler,
+    echo_roundtrip,
+    payload,
+    quic_pair,
+    quic_server,
+    read_to_eof,
+)
 
 from midswarm.transport import (
-    ClientTLS,
-    ConnectionClosed,
     MessageStream,
     QuicConfig,
     QuicConnection,
-    QuicListener,
-    QuicStream,
-    ServerTLS,
     SessionTicketStore,
     connect_quic,
-    serve_quic,
 )
-
-Handler = Callable[[QuicConnection], Awaitable[object]]
-
-
-async def echo_stream(stream: QuicStream) -> None:
-    """Echo bytes until the peer's FIN, then FIN back."""
-    try:
-        while data := await stream.receive_some():
-            await stream.send_all(data)
-        await stream.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
-async def echo_handler(conn: QuicConnection) -> None:
-    """Echo every stream the client opens, each in its own task."""
-    async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                stream = await conn.accept_stream()
-            except ConnectionClosed:
-                return
-            nursery.start_soon(echo_stream, stream)
-
-
-@asynccontextmanager
-async def quic_server(handler: Handler, certs: Path,
-                      config: QuicConfig | None = None) -> AsyncIterator[QuicListener]:
-    async with trio.open_nursery() as nursery:
-        tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
-        listener: QuicListener = await nursery.start(
-            functools.partial(serve_quic, handler, 0, tls=tls, config=config))
-        try:
-            yield listener
-        finally:
-            listener.close()
-
-
-def client_tls(certs: Path) -> ClientTLS:
-    return ClientTLS(certs / "ca.pem")
-
-
-def payload(tag: str, size: int) -> bytes:
-    """Deterministic bytes that differ for every tag (so misrouted data shows)."""
-    seed = hashlib.sha256(tag.encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size]
-
-
-async def read_to_eof(stream: QuicStream) -> bytes:
-    chunks = []
-    while data := await stream.receive_some():
-        chunks.append(data)
-    return b"".join(chunks)
-
 
 # --- echo -----------------------------------------------------------------------
 
@@ -88,48 +33,46 @@ async def read_to_eof(stream: QuicStream) -> bytes:
 async def test_echo_one_stream(certs: Path) -> None:
     sizes = [0, 1, 100, 1500, 70_000, 3 << 20]
     with trio.fail_after(30):
-        async with quic_server(echo_handler, certs) as listener:
-            async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs)) as conn:
-                assert conn.handshake_complete
-                assert conn.peer_identity == "coordinator"
-                ms = MessageStream(await conn.open_stream())
+        async with quic_pair(echo_handler, certs) as (_, conn):
+            assert conn.handshake_complete
+            assert conn.peer_identity == "coordinator"
+            ms = MessageStream(await conn.open_stream())
 
-                async def sender() -> None:
-                    for i, n in enumerate(sizes):
-                        await ms.send_message(payload(f"one-{i}", n))
-                    await ms.send_eof()
+            async def sender() -> None:
+                for i, n in enumerate(sizes):
+                    await ms.send_message(payload(f"one-{i}", n))
+                await ms.send_eof()
 
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(sender)
-                    received = [m async for m in ms]
-                assert received == [payload(f"one-{i}", n) for i, n in enumerate(sizes)]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender)
+                received = [m async for m in ms]
+            assert received == [payload(f"one-{i}", n) for i, n in enumerate(sizes)]
 
 
 async def test_echo_1000_concurrent_streams(certs: Path) -> None:
     n_streams, per_stream = 1000, 3
     results: dict[int, list[bytes]] = {}
     with trio.fail_after(60):
-        async with quic_server(echo_handler, certs) as listener:
-            async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs)) as conn:
-                ready = trio.Event()
-                opened = 0
+        async with quic_pair(echo_handler, certs) as (_, conn):
+            ready = trio.Event()
+            opened = 0
 
-                async def one(i: int) -> None:
-                    nonlocal opened
-                    ms = MessageStream(await conn.open_stream())
-                    # Hold every stream open at once before any finishes.
-                    opened += 1
-                    if opened == n_streams:
-                        ready.set()
-                    await ready.wait()
-                    for j in range(per_stream):
-                        await ms.send_message(payload(f"s{i}-m{j}", 10 + (i * 37 + j) % 3000))
-                    await ms.send_eof()
-                    results[i] = [m async for m in ms]
+            async def one(i: int) -> None:
+                nonlocal opened
+                ms = MessageStream(await conn.open_stream())
+                # Hold every stream open at once before any finishes.
+                opened += 1
+                if opened == n_streams:
+                    ready.set()
+                await ready.wait()
+                for j in range(per_stream):
+                    await ms.send_message(payload(f"s{i}-m{j}", 10 + (i * 37 + j) % 3000))
+                await ms.send_eof()
+                results[i] = [m async for m in ms]
 
-                async with trio.open_nursery() as nursery:
-                    for i in range(n_streams):
-                        nursery.start_soon(one, i)
+            async with trio.open_nursery() as nursery:
+                for i in range(n_streams):
+                    nursery.start_soon(one, i)
     assert len(results) == n_streams
     for i in range(n_streams):
         assert results[i] == [payload(f"s{i}-m{j}", 10 + (i * 37 + j) % 3000)
@@ -147,29 +90,20 @@ async def test_streams_opened_by_server(certs: Path) -> None:
         await conn.accept_stream()  # until the client closes
 
     with trio.fail_after(20):
-        async with quic_server(handler, certs) as listener:
-            async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs)) as conn:
-                for i in range(3):
-                    stream = await conn.accept_stream()
-                    assert await read_to_eof(stream) == payload(f"srv{i}", 5000)
-                    await stream.send_all(b"thanks")
-                    await stream.send_eof()
+        async with quic_pair(handler, certs) as (_, conn):
+            for i in range(3):
+                stream = await conn.accept_stream()
+                assert await read_to_eof(stream) == payload(f"srv{i}", 5000)
+                await stream.send_all(b"thanks")
+                await stream.send_eof()
 
 
 async def test_large_datagrams_on_loopback(certs: Path) -> None:
     config = QuicConfig(max_datagram_size=9000)
     with trio.fail_after(20):
-        async with quic_server(echo_handler, certs, config) as listener:
-            async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs),
-                                    config=config) as conn:
-                stream = await conn.open_stream()
-                data = payload("jumbo", 1 << 20)
-                async with trio.open_nursery() as nursery:
-                    async def send() -> None:
-                        await stream.send_all(data)
-                        await stream.send_eof()
-                    nursery.start_soon(send)
-                    assert await read_to_eof(stream) == data
+        async with quic_pair(echo_handler, certs, config) as (_, conn):
+            data = payload("jumbo", 1 << 20)
+            assert await echo_roundtrip(conn, data) == data
 
 
 # --- 0-RTT resumption --------------------------------------------------------------
@@ -179,10 +113,7 @@ async def _earn_ticket(port: int, certs: Path, store: SessionTicketStore) -> Non
     async with connect_quic("127.0.0.1", port, tls=client_tls(certs),
                             session_tickets=store) as conn:
         assert not conn.session_resumed
-        stream = await conn.open_stream()
-        await stream.send_all(b"first")
-        await stream.send_eof()
-        assert await read_to_eof(stream) == b"first"
+        assert await echo_roundtrip(conn, b"first") == b"first"
     # The server sends its ticket right after the handshake; one round trip
     # on a stream guarantees it has been processed.
     assert len(store) == 1
@@ -253,10 +184,7 @@ async def test_session_ticket_is_single_use(certs: Path) -> None:
             async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs),
                                     session_tickets=replay) as conn:
                 assert not conn.session_resumed
-                stream = await conn.open_stream()
-                await stream.send_all(b"still works")
-                await stream.send_eof()
-                assert await read_to_eof(stream) == b"still works"
+                assert await echo_roundtrip(conn, b"still works") == b"still works"
 
 
 # --- keep-alive and idle timeout -------------------------------------------------------
@@ -265,16 +193,11 @@ async def test_session_ticket_is_single_use(certs: Path) -> None:
 async def test_keep_alive_keeps_idle_connection_up(certs: Path) -> None:
     config = QuicConfig(keep_alive_interval=0.05, idle_timeout=0.3)
     with trio.fail_after(20):
-        async with quic_server(echo_handler, certs, config) as listener:
-            async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs),
-                                    config=config) as conn:
-                await trio.sleep(1.0)  # idle, over three idle timeouts
-                assert not conn.closed, conn.close_reason
-                assert len(listener.connections) == 1
-                stream = await conn.open_stream()
-                await stream.send_all(b"alive")
-                await stream.send_eof()
-                assert await read_to_eof(stream) == b"alive"
+        async with quic_pair(echo_handler, certs, config) as (listener, conn):
+            await trio.sleep(1.0)  # idle, over three idle timeouts
+            assert not conn.closed, conn.close_reason
+            assert len(listener.connections) == 1
+            assert await echo_roundtrip(conn, b"alive") == b"alive"
 
 
 async def test_idle_timeout_closes_connection_without_keep_alive(certs: Path) -> None:
@@ -288,15 +211,13 @@ async def test_idle_timeout_closes_connection_without_keep_alive(certs: Path) ->
             server_done.set()
 
     with trio.fail_after(20):
-        async with quic_server(handler, certs, config) as listener:
-            async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs),
-                                    config=config) as conn:
-                with trio.fail_after(5):
-                    await conn.terminated.wait()
-                assert conn.closed
-                with trio.fail_after(5):
-                    await server_done.wait()
-                assert not listener.connections
+        async with quic_pair(handler, certs, config) as (listener, conn):
+            with trio.fail_after(5):
+                await conn.terminated.wait()
+            assert conn.closed
+            with trio.fail_after(5):
+                await server_done.wait()
+            assert not listener.connections
 
 
 async def test_rejected_early_data_is_resent(certs: Path) -> None:

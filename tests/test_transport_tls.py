@@ -3,13 +3,13 @@ and the certificate helpers' argument checks."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+from _helpers import client_tls, echo_roundtrip, quic_server, read_to_eof, server_tls
 from cryptography import x509
 
 from midswarm.transport import (
@@ -17,13 +17,11 @@ from midswarm.transport import (
     ConnectionClosed,
     QuicConnection,
     QuicListener,
-    QuicStream,
     ServerTLS,
     SessionTicketStore,
     certificate_identity,
     connect_quic,
     make_dev_certs,
-    serve_quic,
 )
 
 
@@ -52,32 +50,11 @@ class IdentityServer:
             pass
 
 
-async def read_to_eof(stream: QuicStream) -> bytes:
-    chunks = []
-    while data := await stream.receive_some():
-        chunks.append(data)
-    return b"".join(chunks)
-
-
 @asynccontextmanager
 async def mtls_server(certs: Path) -> AsyncIterator[tuple[IdentityServer, QuicListener]]:
     server = IdentityServer()
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key", ca=certs / "ca.pem",
-                    require_client_cert=True)
-    async with trio.open_nursery() as nursery:
-        listener: QuicListener = await nursery.start(
-            functools.partial(serve_quic, server.handle, 0, tls=tls))
-        try:
-            yield server, listener
-        finally:
-            listener.close()
-
-
-async def echo_once(conn: QuicConnection, data: bytes) -> bytes:
-    stream = await conn.open_stream()
-    await stream.send_all(data)
-    await stream.send_eof()
-    return await read_to_eof(stream)
+    async with quic_server(server.handle, certs, tls=server_tls(certs, mutual=True)) as listener:
+        yield server, listener
 
 
 async def assert_refused(port: int, tls: ClientTLS, server: IdentityServer,
@@ -102,25 +79,35 @@ async def assert_refused(port: int, tls: ClientTLS, server: IdentityServer,
     assert len(server.identities) == handlers_before, "the handler ran for a refused client"
 
 
+async def assert_handshake_fails(certs: Path, tls: ClientTLS) -> None:
+    """``connect_quic`` itself must raise ConnectionClosed, and no handler runs."""
+    with trio.fail_after(20):
+        async with mtls_server(certs) as (server, listener):
+            with pytest.raises(ConnectionClosed):
+                async with connect_quic("127.0.0.1", listener.port, tls=tls):
+                    pass
+    assert server.identities == []
+
+
 @pytest.mark.parametrize("agent", ["a1", "a2"])
 async def test_mutual_tls_gives_verified_identity(certs: Path, agent: str) -> None:
-    tls = ClientTLS(certs / "ca.pem", cert=certs / f"{agent}.pem", key=certs / f"{agent}.key")
+    tls = client_tls(certs, agent)
     with trio.fail_after(10):
         async with mtls_server(certs) as (server, listener):
             async with connect_quic("127.0.0.1", listener.port, tls=tls) as conn:
                 assert conn.peer_identity == "coordinator"
-                assert await echo_once(conn, b"hi") == b"hi"
+                assert await echo_roundtrip(conn, b"hi") == b"hi"
     assert server.identities == [agent]
 
 
 async def test_client_without_certificate_is_refused(certs: Path) -> None:
     with trio.fail_after(20):
         async with mtls_server(certs) as (server, listener):
-            await assert_refused(listener.port, ClientTLS(certs / "ca.pem"), server)
+            await assert_refused(listener.port, client_tls(certs), server)
             # The server keeps serving authenticated clients.
-            tls = ClientTLS(certs / "ca.pem", cert=certs / "a1.pem", key=certs / "a1.key")
-            async with connect_quic("127.0.0.1", listener.port, tls=tls) as conn:
-                assert await echo_once(conn, b"ok") == b"ok"
+            async with connect_quic("127.0.0.1", listener.port,
+                                    tls=client_tls(certs, "a1")) as conn:
+                assert await echo_roundtrip(conn, b"ok") == b"ok"
     assert server.identities == ["a1"]
 
 
@@ -144,22 +131,12 @@ async def test_server_certificate_used_as_client_certificate_is_refused(certs: P
 async def test_wrong_server_name_is_refused(certs: Path) -> None:
     tls = ClientTLS(certs / "ca.pem", cert=certs / "a1.pem", key=certs / "a1.key",
                     server_name="not-the-server")
-    with trio.fail_after(20):
-        async with mtls_server(certs) as (server, listener):
-            with pytest.raises(ConnectionClosed):
-                async with connect_quic("127.0.0.1", listener.port, tls=tls):
-                    pass
-    assert server.identities == []
+    await assert_handshake_fails(certs, tls)
 
 
 async def test_server_from_untrusted_ca_is_refused(certs: Path, other_ca: Path) -> None:
     tls = ClientTLS(other_ca / "ca.pem", cert=certs / "a1.pem", key=certs / "a1.key")
-    with trio.fail_after(20):
-        async with mtls_server(certs) as (server, listener):
-            with pytest.raises(ConnectionClosed):
-                async with connect_quic("127.0.0.1", listener.port, tls=tls):
-                    pass
-    assert server.identities == []
+    await assert_handshake_fails(certs, tls)
 
 
 async def test_server_name_may_be_an_ip_address(certs: Path) -> None:
@@ -168,7 +145,7 @@ async def test_server_name_may_be_an_ip_address(certs: Path) -> None:
     with trio.fail_after(10):
         async with mtls_server(certs) as (server, listener):
             async with connect_quic("127.0.0.1", listener.port, tls=tls) as conn:
-                assert await echo_once(conn, b"ip") == b"ip"
+                assert await echo_roundtrip(conn, b"ip") == b"ip"
     assert server.identities == ["a1"]
 
 
@@ -178,11 +155,10 @@ async def test_resumed_mutual_tls_connection_keeps_identity(certs: Path) -> None
         async with mtls_server(certs) as (server, listener):
             for _ in range(2):
                 for agent, store in stores.items():
-                    tls = ClientTLS(certs / "ca.pem", cert=certs / f"{agent}.pem",
-                                    key=certs / f"{agent}.key")
-                    async with connect_quic("127.0.0.1", listener.port, tls=tls,
+                    async with connect_quic("127.0.0.1", listener.port,
+                                            tls=client_tls(certs, agent),
                                             session_tickets=store) as conn:
-                        assert await echo_once(conn, agent.encode()) == agent.encode()
+                        assert await echo_roundtrip(conn, agent.encode()) == agent.encode()
     assert server.identities == ["a1", "a2", "a1", "a2"]
     assert server.resumed == [False, False, True, True]
 
@@ -192,19 +168,19 @@ async def test_resumption_carries_identity_and_tickets_are_single_use(certs: Pat
     even without a certificate, but a used ticket is refused, so the client falls
     back to a full handshake and, having no certificate, is refused."""
     store = SessionTicketStore()
-    a1 = ClientTLS(certs / "ca.pem", cert=certs / "a1.pem", key=certs / "a1.key")
-    no_cert = ClientTLS(certs / "ca.pem")
+    a1 = client_tls(certs, "a1")
+    no_cert = client_tls(certs)
     with trio.fail_after(20):
         async with mtls_server(certs) as (server, listener):
             async with connect_quic("127.0.0.1", listener.port, tls=a1,
                                     session_tickets=store) as conn:
-                assert await echo_once(conn, b"x") == b"x"
+                assert await echo_roundtrip(conn, b"x") == b"x"
             ticket = store.get("localhost")
             assert ticket is not None
             async with connect_quic("127.0.0.1", listener.port, tls=no_cert,
                                     session_tickets=store) as conn:
                 assert conn.session_resumed
-                assert await echo_once(conn, b"y") == b"y"
+                assert await echo_roundtrip(conn, b"y") == b"y"
             replay = SessionTicketStore()
             replay.add(ticket)  # already used by the connection above
             await assert_refused(listener.port, no_cert, server, session_tickets=replay)

@@ -3,24 +3,27 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 import trio.testing
+from _helpers import (
+    client_tls,
+    echo_handler,
+    quic_pair,
+    quic_server,
+    read_to_eof,
+    serve_streams,
+)
 
 from midswarm.transport import (
-    ClientTLS,
     ConnectionClosed,
     QuicConfig,
     QuicConnection,
-    QuicListener,
     QuicStream,
-    ServerTLS,
     connect_quic,
-    serve_quic,
 )
 
 WINDOW = 64 * 1024
@@ -42,14 +45,8 @@ async def connected_pair(certs: Path, config: QuicConfig
                 return
             await send_accepted.send(stream)
 
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
-    async with trio.open_nursery() as nursery:
-        listener: QuicListener = await nursery.start(
-            functools.partial(serve_quic, handler, 0, tls=tls, config=config))
-        async with connect_quic("127.0.0.1", listener.port, tls=ClientTLS(certs / "ca.pem"),
-                                config=config) as conn:
-            yield conn, accepted
-        listener.close()
+    async with quic_pair(handler, certs, config) as (_, conn):
+        yield conn, accepted
 
 
 async def test_quic_stream_passes_trio_stream_conformance(certs: Path) -> None:
@@ -84,41 +81,18 @@ async def test_streams_beyond_the_peer_limit_wait_then_flow(certs: Path) -> None
     300 sequential ones all complete: the limit bounds open streams, not lifetime."""
     config = QuicConfig(max_concurrent_streams=8)
 
-    async def echo_handler(conn: QuicConnection) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await conn.accept_stream()
-                except ConnectionClosed:
-                    return
-                nursery.start_soon(echo, stream)
-
-    async def echo(stream: QuicStream) -> None:
-        try:
-            while data := await stream.receive_some():
-                await stream.send_all(data)
-            await stream.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
     async def roundtrip(conn: QuicConnection, data: bytes) -> bytes:
         stream = await conn.open_stream()
         await stream.send_all(data)
         await stream.send_eof()
-        chunks = []
-        while chunk := await stream.receive_some():
-            chunks.append(chunk)
+        echoed = await read_to_eof(stream)
         await stream.aclose()
-        return b"".join(chunks)
+        return echoed
 
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
     results: dict[int, bytes] = {}
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(
-                functools.partial(serve_quic, echo_handler, 0, tls=tls, config=config))
-            async with connect_quic("127.0.0.1", listener.port,
-                                    tls=ClientTLS(certs / "ca.pem")) as conn:
+        async with quic_server(echo_handler, certs, config) as listener:
+            async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs)) as conn:
 
                 async def one(i: int) -> None:
                     results[i] = await roundtrip(conn, f"stream {i}".encode())
@@ -128,7 +102,6 @@ async def test_streams_beyond_the_peer_limit_wait_then_flow(certs: Path) -> None
                         streams.start_soon(one, i)
                 for i in range(40, 340):
                     await one(i)
-            listener.close()
     assert results == {i: f"stream {i}".encode() for i in range(340)}
 
 
@@ -139,36 +112,25 @@ async def test_aborted_streams_give_their_credit_back(certs: Path) -> None:
     config = QuicConfig(max_concurrent_streams=16)
     resets_seen = 0
 
-    async def handler(conn: QuicConnection) -> None:
+    async def serve(stream: QuicStream) -> None:
         nonlocal resets_seen
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    stream = await conn.accept_stream()
-                except ConnectionClosed:
-                    return
+        try:
+            data = await stream.receive_some()
+            if data == b"echo":
+                await stream.send_all(data)
+                await stream.send_eof()
+            else:
+                while await stream.receive_some():
+                    pass
+        except trio.BrokenResourceError:
+            resets_seen += 1
 
-                async def serve(stream: QuicStream = stream) -> None:
-                    nonlocal resets_seen
-                    try:
-                        data = await stream.receive_some()
-                        if data == b"echo":
-                            await stream.send_all(data)
-                            await stream.send_eof()
-                        else:
-                            while await stream.receive_some():
-                                pass
-                    except trio.BrokenResourceError:
-                        resets_seen += 1
-                nursery.start_soon(serve)
+    async def handler(conn: QuicConnection) -> None:
+        await serve_streams(conn, serve)
 
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(
-                functools.partial(serve_quic, handler, 0, tls=tls, config=config))
-            async with connect_quic("127.0.0.1", listener.port,
-                                    tls=ClientTLS(certs / "ca.pem")) as conn:
+        async with quic_server(handler, certs, config) as listener:
+            async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs)) as conn:
                 for i in range(400):
                     stream = await conn.open_stream()
                     if i % 2:
@@ -178,7 +140,6 @@ async def test_aborted_streams_give_their_credit_back(certs: Path) -> None:
                 await stream.send_all(b"echo")
                 assert await stream.receive_some() == b"echo"
                 assert await stream.receive_some() == b""
-            listener.close()
     assert resets_seen > 0
 
 
@@ -193,15 +154,9 @@ async def test_stream_with_only_fin_is_accepted(certs: Path) -> None:
         with trio.move_on_after(10):
             await conn.accept_stream()  # until the client leaves
 
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            listener: QuicListener = await nursery.start(
-                functools.partial(serve_quic, handler, 0, tls=tls))
-            async with connect_quic("127.0.0.1", listener.port,
-                                    tls=ClientTLS(certs / "ca.pem")) as conn:
-                stream = await conn.open_stream()
-                await stream.send_eof()
-                assert await stream.receive_some() == b"empty"
-                assert await stream.receive_some() == b""
-            listener.close()
+        async with quic_pair(handler, certs) as (_, conn):
+            stream = await conn.open_stream()
+            await stream.send_eof()
+            assert await stream.receive_some() == b"empty"
+            assert await stream.receive_some() == b""
