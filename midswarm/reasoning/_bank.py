@@ -42,7 +42,7 @@ from ._judge import (
 from ._memory import consolidate_memory, distill_pending
 from ._metadata import dumps
 from ._retrieve import check_weights, mmr_select, relevance
-from ._sqlite import Database
+from ._sqlite import Database, StoreFile
 from ._types import (
     AdaptationCommand,
     ConsolidationReport,
@@ -76,7 +76,7 @@ class _ItemCache:
     row_of: dict[int, int]
 
 
-class ReasoningBank:
+class ReasoningBank(StoreFile):
     """Durable learning memory: record and judge experiences, adapt, distill, retrieve.
 
     ``ReasoningBank(path)`` creates the SQLite file or opens (and, from schema
@@ -95,6 +95,8 @@ class ReasoningBank:
     newer one), :class:`WriterLockedError` if another writer has it open.
     Methods are thread-safe.
     """
+
+    _noun = "ReasoningBank"
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
                  synchronous: str = "NORMAL", clock: Callable[[], float] = time.time,
@@ -396,15 +398,7 @@ class ReasoningBank:
                 tuple(chunk)))
         return sorted(out, key=lambda item: item.id)
 
-    # -- housekeeping ---------------------------------------------------------------
-
-    @property
-    def path(self) -> str:
-        return self._db.path
-
-    @property
-    def readonly(self) -> bool:
-        return self._db.readonly
+    # -- housekeeping (path, readonly, integrity_check, close: StoreFile) -----------
 
     @property
     def dim(self) -> int:
@@ -412,34 +406,6 @@ class ReasoningBank:
         with self._lock:
             self._sync()
             return self._dim
-
-    def integrity_check(self) -> list[str]:
-        """SQLite's ``PRAGMA integrity_check``: ``["ok"]`` for a sound file."""
-        with self._lock:
-            self._check_open()
-            return self._db.integrity_check()
-
-    def close(self) -> None:
-        """Close the file (idempotent).  Every returned write is already durable."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._db.close()
-
-    def __enter__(self) -> ReasoningBank:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ValueError("the ReasoningBank is closed")
-
-    def _writable(self) -> None:
-        self._check_open()
-        if self._db.readonly:
-            raise PermissionError(f"{self.path!r} is open read-only")
 
     def _sync(self) -> None:
         self._check_open()

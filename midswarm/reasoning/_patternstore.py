@@ -37,7 +37,7 @@ import numpy as np
 from ._ann import HnswIndex
 from ._errors import SchemaError
 from ._metadata import MetadataColumns, check_metadata, check_where, dumps
-from ._sqlite import Database
+from ._sqlite import Database, StoreFile
 from ._types import Hit
 from ._vectors import VectorMatrix, as_vector, as_vectors
 
@@ -77,7 +77,7 @@ def _as_id(value: Any, name: str = "id") -> int:
     return ident
 
 
-class PatternStore:
+class PatternStore(StoreFile):
     """A durable vector store with exact top-k search and metadata filters.
 
     ``PatternStore(path, dim, metric="cosine")`` creates the SQLite file at
@@ -100,6 +100,8 @@ class PatternStore:
     has it open, :class:`ImportError` for ``approximate=True`` without hnswlib.
     Methods are thread-safe; a store is closed by :meth:`close` or ``with``.
     """
+
+    _noun = "PatternStore"
 
     def __init__(self, path: str | os.PathLike[str], dim: int, metric: str = "cosine", *,
                  readonly: bool = False, synchronous: str = "NORMAL",
@@ -139,20 +141,12 @@ class PatternStore:
     # -- properties ------------------------------------------------------------
 
     @property
-    def path(self) -> str:
-        return self._db.path
-
-    @property
     def dim(self) -> int:
         return self._matrix.dim
 
     @property
     def metric(self) -> str:
         return self._matrix.metric
-
-    @property
-    def readonly(self) -> bool:
-        return self._db.readonly
 
     def __len__(self) -> int:
         with self._lock:
@@ -321,39 +315,11 @@ class PatternStore:
             self._check_open()
             self._catch_up()
 
-    def integrity_check(self) -> list[str]:
-        """SQLite's ``PRAGMA integrity_check``: ``["ok"]`` for a sound file."""
-        with self._lock:
-            self._check_open()
-            return self._db.integrity_check()
-
-    def close(self) -> None:
-        """Close the file (idempotent).  Every returned write is already durable."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._db.close()
-
-    def __enter__(self) -> PatternStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self._matrix.n} vectors"
         return f"<PatternStore {self.metric} dim={self.dim} {state}>"
 
     # -- internals -----------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ValueError("the PatternStore is closed")
-
-    def _writable(self) -> None:
-        self._check_open()
-        if self._db.readonly:
-            raise PermissionError(f"{self.path!r} is open read-only")
 
     def _check_metadata_list(self, metadata: Any, n: int) -> list[dict[str, Any]]:
         if metadata is None:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, ClassVar, Self
 
 from ._errors import SchemaError, WriterLockedError
 
@@ -32,7 +33,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Database", "SYNCHRONOUS_MODES"]
+__all__ = ["Database", "SYNCHRONOUS_MODES", "StoreFile"]
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")
 
@@ -219,3 +220,54 @@ class Database:
         if self._lock_file is not None:
             self._lock_file.close()  # closing releases the flock
             self._lock_file = None
+
+
+class StoreFile:
+    """The life cycle both stores share around their :class:`Database`.
+
+    A subclass sets ``_lock`` (a ``threading.RLock``), ``_closed = False`` and
+    ``_db`` in its constructor, and names itself in ``_noun`` for errors.
+    """
+
+    _noun: ClassVar[str]
+    _db: Database
+    _lock: threading.RLock
+    _closed: bool
+
+    @property
+    def path(self) -> str:
+        return self._db.path
+
+    @property
+    def readonly(self) -> bool:
+        return self._db.readonly
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's ``PRAGMA integrity_check``: ``["ok"]`` for a sound file."""
+        with self._lock:
+            self._check_open()
+            return self._db.integrity_check()
+
+    def close(self) -> None:
+        """Close the file (idempotent).  Every returned write is already durable."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        """Raises :class:`ValueError` once closed."""
+        if self._closed:
+            raise ValueError(f"the {self._noun} is closed")
+
+    def _writable(self) -> None:
+        """Raises :class:`ValueError` once closed, :class:`PermissionError` if read-only."""
+        self._check_open()
+        if self._db.readonly:
+            raise PermissionError(f"{self.path!r} is open read-only")
