@@ -1,5 +1,6 @@
 """Helpers shared by the test modules: QUIC servers and clients on loopback with the
-``certs`` fixture's development certificates, echo handlers, deterministic payloads.
+``certs`` fixture's development certificates, echo handlers, deterministic payloads;
+a settable clock and raw edits of store files for the reasoning tests.
 
 Import as ``from _helpers import ...`` (pytest puts ``tests/`` on ``sys.path``).
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -143,3 +146,29 @@ async def quic_pair(handler: Handler, certs: Path, config: QuicConfig | None = N
                                 config=config, session_tickets=session_tickets,
                                 wait_connected=wait_connected) as conn:
             yield listener, conn
+
+
+# --- reasoning stores ------------------------------------------------------------------
+
+#: Where :class:`Clock` starts: a fixed "now" in seconds since the epoch.
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    """A clock for ``ReasoningBank(clock=...)`` that moves only when ``now`` is set."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def set_meta(path: str | os.PathLike[str], **values: object) -> None:
+    """Overwrite entries of a store file's ``midswarm_meta`` table behind the store's
+    back (a plain sqlite3 connection), as another program or version might."""
+    conn = sqlite3.connect(path)
+    conn.executemany("UPDATE midswarm_meta SET value = ? WHERE key = ?",
+                     [(str(v), k) for k, v in values.items()])
+    conn.commit()
+    conn.close()

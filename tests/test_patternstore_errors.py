@@ -6,6 +6,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+from _helpers import set_meta
 
 from midswarm.reasoning import PatternStore, ReasoningBank, SchemaError, WriterLockedError
 
@@ -150,10 +151,7 @@ def test_files_of_another_schema_are_refused_untouched(tmp_path):
 def test_newer_schema_version_is_refused(tmp_path):
     path = tmp_path / "p.db"
     PatternStore(path, 4).close()
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE midswarm_meta SET value = '99' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    set_meta(path, schema_version=99)
     with pytest.raises(SchemaError, match="schema version 99; this midswarm reads up to "
                                           "version 1"):
         PatternStore(path, 4)

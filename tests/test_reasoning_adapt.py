@@ -17,26 +17,6 @@ from midswarm.reasoning import (
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def bank(tmp_path, clock):
-    b = ReasoningBank(tmp_path / "bank.db", clock=clock)
-    yield b
-    b.close()
-
-
 def outcome(hit: bool, agent: str = "pm-1", **context) -> Experience:
     return Experience(agent, "predict", 0.01, 0.02 if hit else -0.02, 0.9, 0.8, context)
 

@@ -6,31 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from _helpers import T0
 
 from midswarm.reasoning import Experience, MemoryItem, ReasoningBank, RetrievalWeights
 
 DAY = 86400.0
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def bank(tmp_path, clock):
-    b = ReasoningBank(tmp_path / "bank.db", clock=clock)
-    yield b
-    b.close()
 
 
 def unit(*xs: float) -> np.ndarray:

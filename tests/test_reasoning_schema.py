@@ -7,6 +7,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+from _helpers import set_meta
 
 from midswarm.reasoning import (
     Experience,
@@ -162,10 +163,7 @@ def test_wrong_files_are_refused(tmp_path):
     PatternStore(store, 4).close()  # untouched and usable
     newer = tmp_path / "newer.db"
     ReasoningBank(newer).close()
-    conn = sqlite3.connect(newer)
-    conn.execute("UPDATE midswarm_meta SET value = '3' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    set_meta(newer, schema_version=3)
     with pytest.raises(SchemaError, match="schema version 3; this midswarm reads up to "
                                           "version 2"):
         ReasoningBank(newer)
