@@ -8,6 +8,7 @@ its port and serves a supervised actor on every stream a client opens.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -20,10 +21,12 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
+from _helpers import client_tls, quic_server, serve_streams
 
 from midswarm.actors import (
     Actor,
     ActorFailed,
+    ActorRef,
     ActorUnreachable,
     Backoff,
     ChildSpec,
@@ -31,15 +34,7 @@ from midswarm.actors import (
     remote_ref,
     serve_actor,
 )
-from midswarm.transport import (
-    ClientTLS,
-    ConnectionClosed,
-    MessageStream,
-    QuicConnection,
-    ServerTLS,
-    connect_quic,
-    serve_quic,
-)
+from midswarm.transport import MessageStream, QuicConnection, QuicStream, connect_quic
 
 
 class Service(Actor):
@@ -71,23 +66,16 @@ async def _serve_process(certs: Path) -> None:
         ref = await sup.start_child(ChildSpec(Service, name="svc"))
 
         async def handler(conn: QuicConnection) -> None:
-            async with trio.open_nursery() as nursery:
-                while True:
-                    try:
-                        stream = await conn.accept_stream()
-                    except ConnectionClosed:
-                        return
-                    nursery.start_soon(_serve_one, ref, MessageStream(stream))
+            await serve_streams(conn, functools.partial(_serve_one, ref))
 
-        async with trio.open_nursery() as nursery:
-            tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
-            listener = await nursery.start(serve_quic, handler, 0, "127.0.0.1", tls)
+        async with quic_server(handler, certs) as listener:
             print(listener.port, flush=True)
+            await trio.sleep_forever()
 
 
-async def _serve_one(ref: Any, stream: MessageStream) -> None:
+async def _serve_one(ref: Any, stream: QuicStream) -> None:
     try:
-        await serve_actor(ref, stream)
+        await serve_actor(ref, MessageStream(stream))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
 
@@ -112,70 +100,75 @@ async def serving_process(certs: Path) -> AsyncIterator[int]:
             await proc.wait()
 
 
+@asynccontextmanager
+async def remote_service(certs: Path, port: int
+                         ) -> AsyncIterator[tuple[QuicConnection, ActorRef]]:
+    """A QUIC connection to the serving process on ``port`` and a remote ref to its
+    actor on a first stream."""
+    async with connect_quic("127.0.0.1", port, tls=client_tls(certs)) as conn:
+        stream = await conn.open_stream()
+        async with remote_ref(MessageStream(stream), name="svc") as ref:
+            yield conn, ref
+
+
 async def test_remote_ref_over_quic_between_processes(certs: Path) -> None:
     async with serving_process(certs) as port:
         with trio.fail_after(30):
-            async with connect_quic("127.0.0.1", port,
-                                    tls=ClientTLS(certs / "ca.pem")) as conn:
-                stream = await conn.open_stream()
-                async with remote_ref(MessageStream(stream), name="svc") as ref:
-                    other_pid = await ref.ask("pid")
-                    assert other_pid != os.getpid()
-                    for _ in range(100):
-                        await ref.tell("incr")
-                    assert await ref.ask("get") == 100
-                    data = np.arange(20.0).reshape(4, 5)
-                    assert (await ref.ask(data) == data.sum(axis=0)).all()
-                    assert await ref.ask("instance") == 1
+            async with remote_service(certs, port) as (conn, ref):
+                other_pid = await ref.ask("pid")
+                assert other_pid != os.getpid()
+                for _ in range(100):
+                    await ref.tell("incr")
+                assert await ref.ask("get") == 100
+                data = np.arange(20.0).reshape(4, 5)
+                assert (await ref.ask(data) == data.sum(axis=0)).all()
+                assert await ref.ask("instance") == 1
 
-                    # A crash on the serving side comes back boxed, with the
-                    # traceback text from the other process...
-                    with pytest.raises(ActorFailed) as info:
-                        await ref.ask("crash")
-                    assert info.value.actor == "svc"
-                    assert info.value.exc_type == "ZeroDivisionError"
-                    assert info.value.message == "crashed on purpose"
-                    assert "ZeroDivisionError: crashed on purpose" in info.value.traceback
-                    # ...and the supervisor there restarts the actor behind the
-                    # same mailbox: this stream stays bound to the new instance.
-                    assert await ref.ask("instance") == 2
-                    assert await ref.ask("get") == 0
-                    await ref.tell("crash")  # a crash by tell, too
-                    assert await ref.ask("instance") == 3
+                # A crash on the serving side comes back boxed, with the
+                # traceback text from the other process...
+                with pytest.raises(ActorFailed) as info:
+                    await ref.ask("crash")
+                assert info.value.actor == "svc"
+                assert info.value.exc_type == "ZeroDivisionError"
+                assert info.value.message == "crashed on purpose"
+                assert "ZeroDivisionError: crashed on purpose" in info.value.traceback
+                # ...and the supervisor there restarts the actor behind the
+                # same mailbox: this stream stays bound to the new instance.
+                assert await ref.ask("instance") == 2
+                assert await ref.ask("get") == 0
+                await ref.tell("crash")  # a crash by tell, too
+                assert await ref.ask("instance") == 3
 
-                    # A second stream reaches the same supervised actor.
-                    second = await conn.open_stream()
-                    async with remote_ref(MessageStream(second), name="svc") as ref2:
-                        await ref2.tell("incr")
-                        assert await ref2.ask("get") == 1  # ordered on ref2's stream
-                        assert await ref2.ask("instance") == 3
+                # A second stream reaches the same supervised actor.
+                second = await conn.open_stream()
+                async with remote_ref(MessageStream(second), name="svc") as ref2:
+                    await ref2.tell("incr")
+                    assert await ref2.ask("get") == 1  # ordered on ref2's stream
+                    assert await ref2.ask("instance") == 3
 
 
 async def test_pending_ask_fails_when_the_serving_process_dies(certs: Path) -> None:
     async with serving_process(certs) as port:
         with trio.fail_after(30):
-            async with connect_quic("127.0.0.1", port,
-                                    tls=ClientTLS(certs / "ca.pem")) as conn:
-                stream = await conn.open_stream()
-                async with remote_ref(MessageStream(stream), name="svc") as ref:
-                    pid = await ref.ask("pid")
-                    os.kill(pid, 9)
-                    # No reply can come; the connection's idle timeout ends it
-                    # (configured long by default), so close it ourselves as a
-                    # supervisor would on a missed heartbeat.
-                    async with trio.open_nursery() as nursery:
-                        failures: list[BaseException] = []
+            async with remote_service(certs, port) as (conn, ref):
+                pid = await ref.ask("pid")
+                os.kill(pid, 9)
+                # No reply can come; the connection's idle timeout ends it
+                # (configured long by default), so close it ourselves as a
+                # supervisor would on a missed heartbeat.
+                async with trio.open_nursery() as nursery:
+                    failures: list[BaseException] = []
 
-                        async def asker() -> None:
-                            try:
-                                await ref.ask("get")
-                            except ActorUnreachable as exc:
-                                failures.append(exc)
+                    async def asker() -> None:
+                        try:
+                            await ref.ask("get")
+                        except ActorUnreachable as exc:
+                            failures.append(exc)
 
-                        nursery.start_soon(asker)
-                        await trio.testing.wait_all_tasks_blocked(0.01)
-                        conn.close(0, "peer presumed dead")
-                    assert len(failures) == 1
+                    nursery.start_soon(asker)
+                    await trio.testing.wait_all_tasks_blocked(0.01)
+                    conn.close(0, "peer presumed dead")
+                assert len(failures) == 1
 
 
 def main() -> None:

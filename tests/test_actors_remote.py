@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -13,11 +15,13 @@ import trio.testing
 from midswarm.actors import (
     Actor,
     ActorFailed,
+    ActorRef,
     ActorStopped,
     ActorUnreachable,
     AskTimeout,
     Backoff,
     ChildSpec,
+    Supervisor,
     remote_ref,
     serve_actor,
 )
@@ -71,45 +75,53 @@ def stream_pair() -> tuple[MessageStream, MessageStream]:
     return MessageStream(a), MessageStream(b)
 
 
+@asynccontextmanager
+async def served(sup: Supervisor, spec: ChildSpec, *, name: str = "remote",
+                 pair: tuple[MessageStream, MessageStream] | None = None
+                 ) -> AsyncIterator[tuple[ActorRef, ActorRef]]:
+    """Start ``spec`` under ``sup``, serve it on the first stream of ``pair`` (default:
+    a fresh in-memory pair) and yield ``(local, ref)``: the supervisor's ref and a
+    ``remote_ref(name=name)`` on the second stream.  Leaving closes the remote ref,
+    then waits for ``serve_actor`` to return."""
+    server, client = stream_pair() if pair is None else pair
+    local = await sup.start_child(spec)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_actor, local, server)
+        async with remote_ref(client, name=name) as ref:
+            yield local, ref
+
+
 async def test_tell_and_ask_over_a_stream() -> None:
-    server, client = stream_pair()
     async with open_supervisor() as sup:
-        local = await sup.start_child(ChildSpec(Service, name="svc"))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_actor, local, server)
-            async with remote_ref(client, name="svc") as ref:
-                for _ in range(50):
-                    await ref.tell("incr")
-                assert await ref.ask("get") == 50
-                assert await ref.ask(Point(1.5, -2.0)) == Point(-2.0, 1.5)
-                arr = np.arange(12, dtype=np.int32).reshape(3, 4)
-                doubled = await ref.ask(arr)
-                assert doubled.dtype == np.int32 and (doubled == arr * 2).all()
-                assert await ref.ask({"nested": [1, 2.5, "x", None]}) is None
+        async with served(sup, ChildSpec(Service, name="svc"), name="svc") as (local, ref):
+            for _ in range(50):
+                await ref.tell("incr")
+            assert await ref.ask("get") == 50
+            assert await ref.ask(Point(1.5, -2.0)) == Point(-2.0, 1.5)
+            arr = np.arange(12, dtype=np.int32).reshape(3, 4)
+            doubled = await ref.ask(arr)
+            assert doubled.dtype == np.int32 and (doubled == arr * 2).all()
+            assert await ref.ask({"nested": [1, 2.5, "x", None]}) is None
         # Leaving remote_ref half-closed the stream; serve_actor returned.
         assert await local.ask("get") == 51
 
 
 async def test_failure_crosses_the_stream_and_binding_survives_restart() -> None:
-    server, client = stream_pair()
     Service.instances = 0
     async with open_supervisor() as sup:
-        local = await sup.start_child(ChildSpec(Service, name="svc"))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_actor, local, server)
-            async with remote_ref(client, name="svc") as ref:
-                assert await ref.ask("instance") == 1
-                with pytest.raises(ActorFailed) as info:
-                    await ref.ask("crash")
-                failed = info.value
-                assert (failed.actor, failed.exc_type, failed.message) == (
-                    "svc", "KeyError", "'missing thing'")
-                assert 'raise KeyError("missing thing")' in failed.traceback
-                # The supervisor restarted the actor behind the same mailbox:
-                # the stream is still bound and reaches the new instance.
-                assert await ref.ask("instance") == 2
-                await ref.tell("crash")
-                assert await ref.ask("instance") == 3
+        async with served(sup, ChildSpec(Service, name="svc"), name="svc") as (local, ref):
+            assert await ref.ask("instance") == 1
+            with pytest.raises(ActorFailed) as info:
+                await ref.ask("crash")
+            failed = info.value
+            assert (failed.actor, failed.exc_type, failed.message) == (
+                "svc", "KeyError", "'missing thing'")
+            assert 'raise KeyError("missing thing")' in failed.traceback
+            # The supervisor restarted the actor behind the same mailbox:
+            # the stream is still bound and reaches the new instance.
+            assert await ref.ask("instance") == 2
+            await ref.tell("crash")
+            assert await ref.ask("instance") == 3
         assert sup.children()[0].restarts == 2
 
 
@@ -213,32 +225,24 @@ async def test_garbage_reply_breaks_the_remote_ref() -> None:
 
 
 async def test_unencodable_reply_and_request() -> None:
-    server, client = stream_pair()
     async with open_supervisor() as sup:
-        local = await sup.start_child(ChildSpec(Service, name="svc"))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_actor, local, server)
-            async with remote_ref(client, name="svc") as ref:
-                with pytest.raises(ActorFailed, match="could not be sent") as info:
-                    await ref.ask("object")
-                assert info.value.exc_type == "TypeError"
-                with pytest.raises(TypeError, match="cannot encode object"):
-                    await ref.tell(object())
-                # Neither was an actor crash, and the ref still works.
-                assert await ref.ask("get") == 0
+        async with served(sup, ChildSpec(Service, name="svc"), name="svc") as (local, ref):
+            with pytest.raises(ActorFailed, match="could not be sent") as info:
+                await ref.ask("object")
+            assert info.value.exc_type == "TypeError"
+            with pytest.raises(TypeError, match="cannot encode object"):
+                await ref.tell(object())
+            # Neither was an actor crash, and the ref still works.
+            assert await ref.ask("get") == 0
         assert sup.children()[0].restarts == 0
 
 
 async def test_ask_timeout_over_stream_drops_the_late_reply(autojump_clock: Any) -> None:
-    server, client = stream_pair()
     async with open_supervisor() as sup:
-        local = await sup.start_child(ChildSpec(Service, name="svc"))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_actor, local, server)
-            async with remote_ref(client, name="svc") as ref:
-                with pytest.raises(AskTimeout):
-                    await ref.ask({"sleep": 5}, timeout=1.0)
-                assert await ref.ask("get") == 0  # after the late "slept" was dropped
+        async with served(sup, ChildSpec(Service, name="svc"), name="svc") as (local, ref):
+            with pytest.raises(AskTimeout):
+                await ref.ask({"sleep": 5}, timeout=1.0)
+            assert await ref.ask("get") == 0  # after the late "slept" was dropped
 
 
 async def test_actor_gone_for_good_is_told_to_the_remote_side() -> None:
@@ -265,7 +269,7 @@ async def test_actor_gone_for_good_is_told_to_the_remote_side() -> None:
 
 async def test_tell_over_a_stream_waits_when_the_actor_is_behind() -> None:
     a, b = trio.testing.lockstep_stream_pair()
-    server, client = MessageStream(a), MessageStream(b)
+    pair = MessageStream(a), MessageStream(b)
     gate = trio.Event()
     sent = 0
 
@@ -275,28 +279,27 @@ async def test_tell_over_a_stream_waits_when_the_actor_is_behind() -> None:
             return await super().handle(msg)
 
     async with open_supervisor() as sup:
-        local = await sup.start_child(ChildSpec(Slow, name="slow", mailbox_size=2))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_actor, local, server)
-            async with remote_ref(client) as ref:
-                done = trio.Event()
+        spec = ChildSpec(Slow, name="slow", mailbox_size=2)
+        async with served(sup, spec, pair=pair) as (local, ref), \
+                trio.open_nursery() as nursery:
+            done = trio.Event()
 
-                async def producer() -> None:
-                    nonlocal sent
-                    for _ in range(500):
-                        await ref.tell("incr")
-                        sent += 1
-                    done.set()
+            async def producer() -> None:
+                nonlocal sent
+                for _ in range(500):
+                    await ref.tell("incr")
+                    sent += 1
+                done.set()
 
-                nursery.start_soon(producer)
-                await trio.testing.wait_all_tasks_blocked()
-                # Handling 1 + mailbox 2 + one in the server's hand + one on the
-                # wire + the ref's 16-frame queue: then the producer waits.
-                print("tells accepted before the producer had to wait:", sent)
-                assert 0 < sent <= 21
-                gate.set()
-                await done.wait()
-                assert await ref.ask("get") == 500
+            nursery.start_soon(producer)
+            await trio.testing.wait_all_tasks_blocked()
+            # Handling 1 + mailbox 2 + one in the server's hand + one on the
+            # wire + the ref's 16-frame queue: then the producer waits.
+            print("tells accepted before the producer had to wait:", sent)
+            assert 0 < sent <= 21
+            gate.set()
+            await done.wait()
+            assert await ref.ask("get") == 500
 
 
 async def test_bad_arguments() -> None:
@@ -317,22 +320,19 @@ async def test_bad_arguments() -> None:
 
 async def test_leaving_remote_ref_flushes_tells_then_refuses() -> None:
     a, b = trio.testing.lockstep_stream_pair()
-    server, client = MessageStream(a), MessageStream(b)
     async with open_supervisor() as sup:
-        local = await sup.start_child(ChildSpec(Service, name="svc"))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_actor, local, server)
-            async with remote_ref(client, name="svc") as ref:
-                async def teller() -> None:
-                    for _ in range(50):
-                        await ref.tell("incr")
+        async with served(sup, ChildSpec(Service, name="svc"), name="svc",
+                          pair=(MessageStream(a), MessageStream(b))) as (local, ref):
+            async def teller() -> None:
+                for _ in range(50):
+                    await ref.tell("incr")
 
-                # Concurrent tellers: while one writes, the others queue for
-                # the writer task, whose queue is flushed on exit.
-                async with trio.open_nursery() as tellers:
-                    for _ in range(4):
-                        tellers.start_soon(teller)
-                assert ref._queued > 0  # type: ignore[attr-defined]
+            # Concurrent tellers: while one writes, the others queue for
+            # the writer task, whose queue is flushed on exit.
+            async with trio.open_nursery() as tellers:
+                for _ in range(4):
+                    tellers.start_soon(teller)
+            assert ref._queued > 0  # type: ignore[attr-defined]
         # serve_actor saw the half-close after the last tell and returned.
         assert await local.ask("get") == 200
         with pytest.raises(ActorUnreachable, match="block has exited"):
