@@ -29,7 +29,9 @@ a shared machine hits them alike).  Per row: *sequential* end-to-end latency
 own search time, ``PatternMatchResult.compute_time_ms``: scatter, framing,
 QUIC, merge, all of the coordinator's and agents' bookkeeping), and
 *pipelined* throughput (``coord.map`` with 8 tasks in flight; the kernel's
-is its sequential rate).  Ratios are
+is its sequential rate).  The two "no patterns" rows time the same queries
+before the library is loaded: the matchers answer at once, so the whole
+round trip is coordination (their tasks/s is sequential).  Ratios are
 against the in-process kernel.  Every loop is bounded in count and time.
 OpenMP workers are told to sleep when idle (``OMP_WAIT_POLICY=PASSIVE``, for
 this process and the agents): spinning workers steal the cores the other
@@ -90,6 +92,17 @@ async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget:
             open_swarm({"pattern_matcher": 2}, spawn="task", config=cfg,
                        parameters={"pattern_matcher": params}) as memory:
         swarms = {"quic": quic, "memory": memory}
+        # Coordination alone: the matchers hold no patterns yet, so an answer
+        # costs them nothing but the round trip.
+        empty: dict[str, list[float]] = {"quic": [], "memory": []}
+        for task in tasks[:5]:
+            for swarm in swarms.values():
+                await swarm.submit(task)
+        for task in tasks[:min(len(tasks), 300)]:
+            for key, swarm in swarms.items():
+                t = time.perf_counter()
+                await swarm.submit(task)
+                empty[key].append(time.perf_counter() - t)
         for swarm in swarms.values():
             await swarm.add_patterns(lib, outcomes)
             for task in tasks[:5]:  # warm up: numba caches, library preparation
@@ -98,6 +111,7 @@ async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget:
         lat: dict[str, list[float]] = {"kernel": [], "kernel1": [], "quic": [], "memory": []}
         threads = numba.get_num_threads()
         overhead: dict[str, list[float]] = {"quic": [], "memory": []}
+
         deadline = time.perf_counter() + budget
         for q, task in zip(qs, tasks, strict=True):
             t = time.perf_counter()
@@ -130,11 +144,18 @@ async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget:
              "kernel1": "kernel, in-process (1 thread)",
              "quic": "swarm, 2 agent processes (QUIC)",
              "memory": "swarm, 2 in-process agents (memory)"}
-    return [{"name": names[key], "n": len(lat[key]), "p50": pct(lat[key], 0.5),
+    rows = [{"name": names[key], "n": len(lat[key]), "p50": pct(lat[key], 0.5),
              "p99": pct(lat[key], 0.99),
              "overhead50": pct(overhead[key], 0.5) if key in overhead else None,
              "overhead99": pct(overhead[key], 0.99) if key in overhead else None,
              "tps": tps[key]} for key in names]
+    for key in ("quic", "memory"):
+        label = {"quic": "QUIC", "memory": "memory"}[key]
+        rows.append({"name": f"  same, no patterns ({label})", "n": len(empty[key]),
+                     "p50": pct(empty[key], 0.5), "p99": pct(empty[key], 0.99),
+                     "overhead50": pct(empty[key], 0.5), "overhead99": pct(empty[key], 0.99),
+                     "tps": len(empty[key]) / sum(empty[key])})
+    return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
