@@ -78,14 +78,16 @@ def test_knn_equals_brute_force(seed: int) -> None:
     np.testing.assert_allclose(dists, ref_dists, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("seed", range(40, 52))
-def test_knn_equals_brute_force_with_many_rounds_and_tiny_pools(
-    seed: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("tiny_pools", [False, True])
+@pytest.mark.parametrize("seed", range(40, 50))
+def test_knn_equals_brute_force_with_many_chunks(
+    seed: int, tiny_pools: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Small chunks force many parallel rounds and pool merges; a tiny pool
-    # capacity forces the grow-and-resume path.
+    # Small chunks: many chunks on both threads, sharing a threshold, then
+    # merging their pools.  A tiny pool capacity forces the grow-and-resume path.
     monkeypatch.setattr(search_module, "_MIN_CHUNK", 37)
-    monkeypatch.setattr(search_module, "_pool_capacity", lambda k, radius: 2)
+    if tiny_pools:
+        monkeypatch.setattr(search_module, "_pool_capacity", lambda k, radius: 2)
     q, x, k, w, znorm, exclusion = _case(seed)
     starts, dists = dtw_knn(q, x, k=k, window=w, znorm=znorm, exclusion=exclusion)
     excl = q.size // 4 if exclusion is None else exclusion

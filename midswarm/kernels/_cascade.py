@@ -195,7 +195,7 @@ def scan_chunk(
     stride: int, c0: int, c1: int, q: np.ndarray, q_upper: np.ndarray,
     q_lower: np.ndarray, blocks: np.ndarray, w: int, k: int, radius: int,
     pool_d: np.ndarray, pool_s: np.ndarray, count: int, threshold: float,
-    stats: np.ndarray,
+    stats: np.ndarray, shared: np.ndarray,
 ) -> tuple[int, float, int]:
     """Run candidates ``c0 .. c1 - 1`` through the cascade.
 
@@ -207,6 +207,15 @@ def scan_chunk(
     ``count`` entries.  Returns ``(count, threshold, next candidate)``; the
     last is ``c1`` unless the pool filled up, in which case the caller grows it
     and resumes from there.
+
+    ``shared[0]`` is a threshold shared with the chunks running on other
+    threads: read at every block, lowered whenever this chunk's own threshold
+    drops below it.  It is read and written without synchronisation (plain
+    8-byte accesses, which x86-64 and AArch64 never tear); a lost update only
+    loses some sharing, because every value ever written is a valid threshold.
+    A value adopted from another chunk may come from later starts, so it is
+    taken one ulp up: a candidate tying it is then kept, as the tie-break by
+    start may require.
     """
     m = q.shape[0]
     cap = pool_d.shape[0]
@@ -240,6 +249,12 @@ def scan_chunk(
     blk_lower = np.empty(STATS_BLOCK + m + 2 * w)
     for b0 in range(c0, c1, STATS_BLOCK):
         b1 = min(c1, b0 + STATS_BLOCK)
+        other = shared[0]
+        if other < threshold:
+            threshold = np.nextafter(other, _INF)
+            prune = threshold * (1.0 + PRUNE_SLACK)
+        elif threshold < other:
+            shared[0] = threshold
         # Worst case, every candidate of the block (and the batch) enters the
         # pool: make room first, or hand back to the caller at this block.
         if count + nb + (b1 - b0) > cap:
