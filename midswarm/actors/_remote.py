@@ -48,6 +48,7 @@ import attrs
 import outcome
 import trio
 
+from .._util import open_service_nursery
 from ..transport import MessageStream, ProtocolError, decode, encode, message, pack, unpack
 from ._actor import Actor, ActorRef, LocalActorRef, _Ask, _Reply, check_timeout
 from ._errors import (
@@ -60,7 +61,6 @@ from ._errors import (
 )
 from ._spec import ChildSpec
 from ._supervisor import open_supervisor
-from ._util import open_service_nursery
 
 __all__ = ["ActorRequest", "ActorReply", "BoxedError", "serve_actor", "remote_ref"]
 

@@ -37,6 +37,7 @@ from typing import Any, overload
 
 import trio
 
+from .._util import open_service_nursery
 from ._actor import ActorRef
 from ._child import (
     _EMPTY,
@@ -59,7 +60,6 @@ from ._spec import (
     SupervisionEvent,
     SupervisorSpec,
 )
-from ._util import open_service_nursery
 
 __all__ = ["Supervisor", "open_supervisor"]
 

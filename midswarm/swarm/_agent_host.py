@@ -50,6 +50,7 @@ from typing import Any
 
 import trio
 
+from .._util import flatten_errors
 from ..actors import (
     ActorError,
     ActorRef,
@@ -86,7 +87,6 @@ from ._protocol import (
     Welcome,
     next_control_state,
 )
-from ._util import flatten_errors
 
 __all__ = ["run_agent"]
 

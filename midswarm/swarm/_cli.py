@@ -12,11 +12,11 @@ from typing import Any
 
 import trio
 
+from .._util import open_service_nursery
 from ..cli import command
 from ..transport import ClientTLS, ServerTLS, SessionTicketStore
 from ._config import ConfigError, SwarmConfig, check_composition, load_config
 from ._errors import AgentRefused
-from ._util import open_service_nursery
 
 log = logging.getLogger("midswarm.swarm")
 

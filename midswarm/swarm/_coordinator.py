@@ -44,6 +44,7 @@ import attrs
 import outcome
 import trio
 
+from .._util import open_service_nursery
 from ..actors import (
     ActorError,
     ActorStopped,
@@ -74,7 +75,6 @@ from ._proxy import Forward, RemoteActor
 from ._records import AgentInfo, AgentRecord, CoordinatorStats
 from ._scatter import PatternShards
 from ._session import AgentSession, serve_connection
-from ._util import open_service_nursery
 
 __all__ = ["AgentInfo", "Coordinator", "CoordinatorStats", "open_coordinator"]
 

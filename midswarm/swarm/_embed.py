@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import trio
 
+from .._util import open_service_nursery
 from ..reasoning import Verdict
 from ..transport import QuicConfig, ServerTLS, make_dev_certs
 from ._agent_host import memory_connector, run_agent
@@ -43,7 +44,6 @@ from ._config import (
 )
 from ._coordinator import AgentInfo, Coordinator, CoordinatorStats, open_coordinator
 from ._protocol import PatternMatchResult
-from ._util import open_service_nursery
 
 __all__ = ["Swarm", "open_swarm"]
 

@@ -37,6 +37,7 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 
+from .._util import open_service_nursery
 from ._config import QuicConfig
 from ._errors import ConnectionClosed
 from ._quic import QuicConnection, _Machine
@@ -457,31 +458,26 @@ async def connect_quic(
             return conn
 
         # The background tasks never raise, so anything leaving the nursery came
-        # from the handshake or the caller's block: unwrap it from the group.
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(endpoint.run_receiver, on_datagram)
-                nursery.start_soon(endpoint.run_flusher)
-                nursery.start_soon(conn._run_timer)
-                machine.connect(addr, now=trio.current_time())
-                conn._pump()
-                try:
-                    if wait_connected:
-                        with trio.move_on_after(cfg.handshake_timeout):
-                            await conn.wait_handshake()
-                        if not conn.handshake_complete:
-                            conn.close(0, "handshake timed out")
-                            raise ConnectionClosed(
-                                f"no handshake with {host}:{port} within "
-                                f"{cfg.handshake_timeout} s")
-                    yield conn
-                finally:
-                    conn.close(0, "")
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
+        # from the handshake or the caller's block: it leaves unwrapped.
+        async with open_service_nursery() as nursery:
+            nursery.start_soon(endpoint.run_receiver, on_datagram)
+            nursery.start_soon(endpoint.run_flusher)
+            nursery.start_soon(conn._run_timer)
+            machine.connect(addr, now=trio.current_time())
+            conn._pump()
+            try:
+                if wait_connected:
+                    with trio.move_on_after(cfg.handshake_timeout):
+                        await conn.wait_handshake()
+                    if not conn.handshake_complete:
+                        conn.close(0, "handshake timed out")
+                        raise ConnectionClosed(
+                            f"no handshake with {host}:{port} within "
+                            f"{cfg.handshake_timeout} s")
+                yield conn
+            finally:
+                conn.close(0, "")
+                nursery.cancel_scope.cancel()
     finally:
         sock.close()
 

@@ -1,4 +1,4 @@
-"""Small Trio helpers of the swarm."""
+"""Small Trio helpers shared by the subpackages (transport, actors, swarm)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ __all__ = ["open_service_nursery", "flatten_errors"]
 
 @asynccontextmanager
 async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
-    """A nursery whose body's own exception leaves as itself, not in a group.
+    """A nursery whose body's own exception comes out as itself, not in a group.
 
-    Meant for nurseries of background services that do not raise (they
-    handle their own errors): then a one-member group at exit can only hold
-    what the body raised.  Any other group passes through untouched.
+    Only for nurseries whose tasks never raise anything but
+    :class:`trio.Cancelled`: then a one-exception group at exit can only hold
+    what the body raised, and unwrapping it hides nothing.  Any other group
+    passes through untouched.
     """
     body_exc: BaseException | None = None
     unwrapped: BaseException | None = None
@@ -28,11 +29,13 @@ async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
                 body_exc = exc
                 raise
     except BaseExceptionGroup as group:
-        if (body_exc is None or len(group.exceptions) != 1
-                or group.exceptions[0] is not body_exc or isinstance(body_exc, trio.Cancelled)):
+        if (body_exc is None or len(group.exceptions) != 1 or group.exceptions[0] is not body_exc
+                or isinstance(body_exc, trio.Cancelled)):
             raise
         unwrapped = body_exc
     if unwrapped is not None:
+        # Raised outside the except block, so the group does not become its
+        # __context__ and its own cause/context stay as the body left them.
         raise unwrapped
 
 
