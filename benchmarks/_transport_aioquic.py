@@ -21,7 +21,6 @@ from typing import Any
 
 from _transport_common import (
     ALPN_AIOQUIC,
-    BULK_CHUNK,
     BULK_START,
     TOTAL,
     FrameParser,
@@ -31,6 +30,16 @@ from _transport_common import (
     latency_summary,
     now,
     payload,
+)
+from _transport_workloads import (
+    AgentStages,
+    bulk_result,
+    handshake_result,
+    mailbox_rounds,
+    mailboxes_result,
+    round_trip,
+    send_bulk,
+    time_round_trips,
 )
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic import events
@@ -215,16 +224,6 @@ async def open_client(port: int, certs: str, p: dict[str, Any], *,
         yield proto
 
 
-async def _round_trip(box: _Box, msg: bytes) -> float:
-    t0 = time.perf_counter()
-    await box.send_message(msg)
-    reply = await box.receive_message()
-    dt = time.perf_counter() - t0
-    if len(reply) != len(msg):
-        raise RuntimeError(f"echo of {len(msg)} bytes came back as {len(reply)} bytes")
-    return dt
-
-
 @contextlib.contextmanager
 def _bounded() -> Any:
     """Swallow the TimeoutError of an ``asyncio.timeout`` inside; yields a dict whose
@@ -238,42 +237,24 @@ def _bounded() -> Any:
 
 async def run_rtt(port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:
     msg = payload(int(p["size"]))
-    warmup, count = int(p["warmup"]), int(p["count"])
     lat: list[float] = []
     async with open_client(port, certs, p) as proto:
         box = proto.open_mailbox()
         with _bounded() as flag:
             async with asyncio.timeout(float(p["time_limit"])):
-                for i in range(warmup + count):
-                    dt = await _round_trip(box, msg)
-                    if i >= warmup:
-                        lat.append(dt)
+                await time_round_trips(box, msg, int(p["warmup"]), int(p["count"]), lat)
     return {**latency_summary(lat), **flag}
 
 
 async def run_bulk(port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:
-    total = int(p["mib"]) << 20
-    chunk = payload(BULK_CHUNK, seed=3)
+    done: tuple[int, float] | None = None
     async with open_client(port, certs, p) as proto:
         box = proto.open_mailbox()
-        await _round_trip(box, payload(400))
-        sent = 0
-        counted = -1
-        t0 = time.perf_counter()
-        with _bounded() as flag:
+        await round_trip(box, payload(400))
+        with _bounded():
             async with asyncio.timeout(float(p["time_limit"])):
-                await box.send_message(BULK_START)
-                while sent < total:
-                    await box.send_message(chunk)
-                    sent += len(chunk)
-                await box.send_message(b"")
-                (counted,) = TOTAL.unpack(await box.receive_message())
-        elapsed = time.perf_counter() - t0
-    if flag["timed_out"]:
-        return {"timed_out": True, "mb_per_s": None}
-    if counted != sent:
-        raise RuntimeError(f"server counted {counted} bytes, client sent {sent}")
-    return {"timed_out": False, "mb_per_s": sent / elapsed / 1e6, "bytes": sent}
+                done = await send_bulk(box, int(p["mib"]) << 20)
+    return bulk_result(done)
 
 
 async def run_handshake(port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -282,7 +263,7 @@ async def run_handshake(port: int, certs: str, p: dict[str, Any]) -> dict[str, A
     tickets = _Tickets() if resumed else None
     if tickets is not None:
         async with open_client(port, certs, p, tickets=tickets) as proto:
-            await _round_trip(proto.open_mailbox(), msg)
+            await round_trip(proto.open_mailbox(), msg)
             if not await tickets.wait_beyond(0, 5.0):
                 raise RuntimeError("the server issued no session ticket")
     times: list[float] = []
@@ -305,8 +286,7 @@ async def run_handshake(port: int, certs: str, p: dict[str, Any]) -> dict[str, A
                 n_early += done.early_data_accepted
             if tickets is not None:
                 await tickets.wait_beyond(seen, 2.0)
-    return {**latency_summary(times), "resumed": n_resumed, "early_data": n_early,
-            "connections": len(times)}
+    return handshake_result(times, n_resumed, n_early)
 
 
 async def run_mailboxes(port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -316,9 +296,7 @@ async def run_mailboxes(port: int, certs: str, p: dict[str, Any]) -> dict[str, A
         boxes = [proto.open_mailbox() for _ in range(n)]
 
         async def one(box: _Box, i: int) -> None:
-            msg = payload(size, seed=i)
-            for _ in range(rounds):
-                lat.append(await _round_trip(box, msg))
+            await mailbox_rounds(box, i, size, rounds, lat)
             box.close()
 
         t0 = time.perf_counter()
@@ -327,13 +305,12 @@ async def run_mailboxes(port: int, certs: str, p: dict[str, Any]) -> dict[str, A
                 for i, box in enumerate(boxes):
                     tg.create_task(one(box, i))
         elapsed = time.perf_counter() - t0
-    return {**latency_summary(lat), "msgs_per_s": len(lat) / elapsed,
-            "expected": n * rounds, **flag}
+    return mailboxes_result(lat, elapsed, n * rounds, flag["timed_out"])
 
 
 async def run_agents(port: int, certs: str, p: dict[str, Any]) -> None:
     """Same stages as the Trio version (see ``_transport_trio.run_agents``)."""
-    n, rounds, size = int(p["n"]), int(p["rounds"]), int(p["size"])
+    stages = AgentStages(int(p["n"]), int(p["rounds"]), int(p["size"]), asyncio.Event)
     limit = float(p["time_limit"])
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
@@ -344,40 +321,10 @@ async def run_agents(port: int, certs: str, p: dict[str, Any]) -> None:
         if line != word:
             raise RuntimeError(f"expected {word!r} on stdin, got {line!r}")
 
-    connected_at: list[float] = []
-    failures: list[str] = []
-    lat: list[float] = []
-    all_connected, start_messages, all_done, close_all = (
-        asyncio.Event(), asyncio.Event(), asyncio.Event(), asyncio.Event())
-    counts = {"connected": 0, "done": 0}
-
-    def bump(counter: str, target: asyncio.Event) -> None:
-        counts[counter] += 1
-        if counts[counter] == n:
-            target.set()
-
-    async def agent(i: int) -> None:
-        connected = finished = False
-        try:
-            async with open_client(port, certs, p) as proto:
-                box = proto.open_mailbox()
-                connected_at.append(now())
-                connected = True
-                bump("connected", all_connected)
-                await start_messages.wait()
-                msg = payload(size, seed=i)
-                for _ in range(rounds):
-                    lat.append(await _round_trip(box, msg))
-                finished = True
-                bump("done", all_done)
-                await close_all.wait()
-        except (OSError, ConnectionError) as exc:
-            failures.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            if not connected:
-                bump("connected", all_connected)
-            if not finished:
-                bump("done", all_done)
+    @contextlib.asynccontextmanager
+    async def open_mailbox() -> AsyncIterator[_Box]:
+        async with open_client(port, certs, p) as proto:
+            yield proto.open_mailbox()
 
     async def bounded_wait(event: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
@@ -387,23 +334,21 @@ async def run_agents(port: int, certs: str, p: dict[str, Any]) -> None:
     emit("READY")
     await expect("go")
     t0 = now()
-    tasks = [asyncio.create_task(agent(i)) for i in range(n)]
-    await bounded_wait(all_connected)
-    emit("CONNECTED", {"t0": t0, "t1": max(connected_at, default=t0),
-                       "connected": len(connected_at), "failed": len(failures),
-                       "failures": failures[:3]})
+    tasks = [asyncio.create_task(stages.agent(i, open_mailbox, (OSError, ConnectionError)))
+             for i in range(stages.n)]
+    await bounded_wait(stages.all_connected)
+    emit("CONNECTED", stages.connected_line(t0))
     await expect("go")
     t2 = now()
-    start_messages.set()
-    await bounded_wait(all_done)
-    t3 = now()
-    emit("IDLE", {"t2": t2, "t3": t3, "round_trips": len(lat), **latency_summary(lat)})
+    stages.start_messages.set()
+    await bounded_wait(stages.all_done)
+    emit("IDLE", stages.idle_line(t2, now()))
     await expect("close")
-    close_all.set()
+    stages.close_all.set()
     _, pending = await asyncio.wait(tasks, timeout=limit)
     for task in pending:
         task.cancel()
-    emit("RESULT", {"failed": len(failures), "failures": failures[:3]})
+    emit("RESULT", stages.result_line())
 
 
 CLIENT_SECTIONS = {"rtt": run_rtt, "bulk": run_bulk, "handshake": run_handshake,

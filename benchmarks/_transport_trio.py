@@ -15,12 +15,11 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 import trio_websocket
 from _transport_common import (
-    BULK_CHUNK,
     BULK_START,
     MAILBOX_ID,
     TOTAL,
@@ -31,6 +30,17 @@ from _transport_common import (
     latency_summary,
     now,
     payload,
+)
+from _transport_workloads import (
+    AgentStages,
+    Mailbox,
+    bulk_result,
+    handshake_result,
+    mailbox_rounds,
+    mailboxes_result,
+    round_trip,
+    send_bulk,
+    time_round_trips,
 )
 
 from midswarm.transport import (
@@ -49,11 +59,6 @@ from midswarm.transport import (
 HOST = "127.0.0.1"
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed,
          trio_websocket.ConnectionClosed, ProtocolError)
-
-
-class Mailbox(Protocol):
-    async def send_message(self, message: bytes) -> None: ...
-    async def receive_message(self) -> bytes: ...
 
 
 def quic_config(params: dict[str, Any]) -> QuicConfig:
@@ -260,51 +265,24 @@ class _NotifyingTickets(SessionTicketStore):
         return self.received > seen
 
 
-async def _round_trip(box: Mailbox, msg: bytes) -> float:
-    t0 = time.perf_counter()
-    await box.send_message(msg)
-    reply = await box.receive_message()
-    dt = time.perf_counter() - t0
-    if len(reply) != len(msg):
-        raise RuntimeError(f"echo of {len(msg)} bytes came back as {len(reply)} bytes")
-    return dt
-
-
 async def run_rtt(kind: str, port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:
     msg = payload(int(p["size"]))
-    warmup, count = int(p["warmup"]), int(p["count"])
     lat: list[float] = []
     async with open_client(kind, port, certs, p) as client:
         box = await client.open_mailbox()
         with trio.move_on_after(float(p["time_limit"])) as scope:
-            for i in range(warmup + count):
-                dt = await _round_trip(box, msg)
-                if i >= warmup:
-                    lat.append(dt)
+            await time_round_trips(box, msg, int(p["warmup"]), int(p["count"]), lat)
     return {**latency_summary(lat), "timed_out": scope.cancelled_caught}
 
 
 async def run_bulk(kind: str, port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:
-    total = int(p["mib"]) << 20
-    chunk = payload(BULK_CHUNK, seed=3)
+    done: tuple[int, float] | None = None
     async with open_client(kind, port, certs, p) as client:
         box = await client.open_mailbox()
-        await _round_trip(box, payload(400))  # connection and stream are up
-        sent = 0
-        t0 = time.perf_counter()
-        with trio.move_on_after(float(p["time_limit"])) as scope:
-            await box.send_message(BULK_START)
-            while sent < total:
-                await box.send_message(chunk)
-                sent += len(chunk)
-            await box.send_message(b"")
-            (counted,) = TOTAL.unpack(await box.receive_message())
-            elapsed = time.perf_counter() - t0
-    if scope.cancelled_caught:
-        return {"timed_out": True, "mb_per_s": None}
-    if counted != sent:
-        raise RuntimeError(f"server counted {counted} bytes, client sent {sent}")
-    return {"timed_out": False, "mb_per_s": sent / elapsed / 1e6, "bytes": sent}
+        await round_trip(box, payload(400))  # connection and stream are up
+        with trio.move_on_after(float(p["time_limit"])):
+            done = await send_bulk(box, int(p["mib"]) << 20)
+    return bulk_result(done)
 
 
 async def run_handshake(kind: str, port: int, certs: str,
@@ -316,7 +294,7 @@ async def run_handshake(kind: str, port: int, certs: str,
     store = _NotifyingTickets() if resumed else None
     if store is not None:
         async with open_client(kind, port, certs, p, tickets=store) as client:
-            await _round_trip(await client.open_mailbox(), msg)
+            await round_trip(await client.open_mailbox(), msg)
             if not await store.wait_beyond(0, 5.0):
                 raise RuntimeError("the server issued no session ticket")
     times: list[float] = []
@@ -340,8 +318,7 @@ async def run_handshake(kind: str, port: int, certs: str,
             if store is not None:
                 # Keep the next connection resumable: the server's tickets are single use.
                 await store.wait_beyond(seen, 2.0)
-    return {**latency_summary(times), "resumed": n_resumed, "early_data": n_early,
-            "connections": len(times)}
+    return handshake_result(times, n_resumed, n_early)
 
 
 async def run_mailboxes(kind: str, port: int, certs: str,
@@ -353,9 +330,7 @@ async def run_mailboxes(kind: str, port: int, certs: str,
         boxes = [await client.open_mailbox() for _ in range(n)]
 
         async def one(box: Mailbox, i: int) -> None:
-            msg = payload(size, seed=i)
-            for _ in range(rounds):
-                lat.append(await _round_trip(box, msg))
+            await mailbox_rounds(box, i, size, rounds, lat)
             if isinstance(box, MessageStream):
                 await box.aclose()
 
@@ -365,8 +340,7 @@ async def run_mailboxes(kind: str, port: int, certs: str,
                 for i, box in enumerate(boxes):
                     nursery.start_soon(one, box, i)
         elapsed = time.perf_counter() - t0
-    return {**latency_summary(lat), "msgs_per_s": len(lat) / elapsed,
-            "expected": n * rounds, "timed_out": scope.cancelled_caught}
+    return mailboxes_result(lat, elapsed, n * rounds, scope.cancelled_caught)
 
 
 # --- many agents: staged by the orchestrator over stdin/stdout ----------------------
@@ -394,67 +368,34 @@ async def run_agents(kind: str, port: int, certs: str, p: dict[str, Any]) -> Non
     READY -> (go) -> connect all -> CONNECTED -> (go) -> messages -> IDLE ->
     (close) -> RESULT.  Every stage is bounded by ``time_limit``.
     """
-    n, rounds, size = int(p["n"]), int(p["rounds"]), int(p["size"])
+    stages = AgentStages(int(p["n"]), int(p["rounds"]), int(p["size"]), trio.Event)
     limit = float(p["time_limit"])
     stdin = _StdinLines()
-    connected_at: list[float] = []
-    failures: list[str] = []
-    lat: list[float] = []
-    all_connected, start_messages, all_done, close_all = (
-        trio.Event(), trio.Event(), trio.Event(), trio.Event())
-    counts = {"connected": 0, "done": 0}
 
-    def bump(counter: str, target: trio.Event) -> None:
-        counts[counter] += 1
-        if counts[counter] == n:
-            target.set()
-
-    async def agent(i: int) -> None:
-        connected = finished = False
-        try:
-            async with open_client(kind, port, certs, p) as client:
-                box = await client.open_mailbox()
-                connected_at.append(now())
-                connected = True
-                bump("connected", all_connected)
-                await start_messages.wait()
-                msg = payload(size, seed=i)
-                for _ in range(rounds):
-                    lat.append(await _round_trip(box, msg))
-                finished = True
-                bump("done", all_done)
-                await close_all.wait()
-        except (OSError, *_GONE) as exc:
-            failures.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            if not connected:
-                bump("connected", all_connected)
-            if not finished:
-                bump("done", all_done)
+    @asynccontextmanager
+    async def open_mailbox() -> AsyncIterator[Mailbox]:
+        async with open_client(kind, port, certs, p) as client:
+            yield await client.open_mailbox()
 
     emit("READY")
     await stdin.expect("go")
     async with trio.open_nursery() as nursery:
         t0 = now()
-        for i in range(n):
-            nursery.start_soon(agent, i)
+        for i in range(stages.n):
+            nursery.start_soon(stages.agent, i, open_mailbox, (OSError, *_GONE))
         with trio.move_on_after(limit):
-            await all_connected.wait()
-        emit("CONNECTED", {"t0": t0, "t1": max(connected_at, default=t0),
-                           "connected": len(connected_at), "failed": len(failures),
-                           "failures": failures[:3]})
+            await stages.all_connected.wait()
+        emit("CONNECTED", stages.connected_line(t0))
         await stdin.expect("go")
         t2 = now()
-        start_messages.set()
+        stages.start_messages.set()
         with trio.move_on_after(limit):
-            await all_done.wait()
-        t3 = now()
-        emit("IDLE", {"t2": t2, "t3": t3, "round_trips": len(lat),
-                      **latency_summary(lat)})
+            await stages.all_done.wait()
+        emit("IDLE", stages.idle_line(t2, now()))
         await stdin.expect("close")
-        close_all.set()
+        stages.close_all.set()
         nursery.cancel_scope.deadline = trio.current_time() + limit
-    emit("RESULT", {"failed": len(failures), "failures": failures[:3]})
+    emit("RESULT", stages.result_line())
 
 
 CLIENT_SECTIONS = {"rtt": run_rtt, "bulk": run_bulk, "handshake": run_handshake,
