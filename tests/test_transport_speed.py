@@ -5,7 +5,6 @@ burst accepts."""
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import os
 import socket
@@ -13,18 +12,16 @@ from pathlib import Path
 
 import pytest
 import trio
+from _helpers import client_tls, quic_pair, quic_server, read_to_eof, server_tls
 
 from midswarm.transport import (
     MAX_DATAGRAM_SIZE,
-    ClientTLS,
     ConnectionClosed,
     MessageStream,
     QuicConfig,
     QuicConnection,
     QuicStream,
-    ServerTLS,
     connect_quic,
-    serve_quic,
 )
 from midswarm.transport._endpoint import _Endpoint
 
@@ -40,21 +37,13 @@ async def _digest_handler(conn: QuicConnection) -> None:
 
 
 async def _send_and_digest(certs: Path, config: QuicConfig, payload: bytes) -> tuple[bytes, int]:
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            listener = await nursery.start(
-                functools.partial(serve_quic, _digest_handler, 0, tls=tls, config=config))
-            async with connect_quic("127.0.0.1", listener.port, tls=ClientTLS(certs / "ca.pem"),
-                                    config=config) as conn:
-                size = conn.max_datagram_size
-                stream = await conn.open_stream()
-                await stream.send_all(payload)
-                await stream.send_eof()
-                digest = b""
-                while data := await stream.receive_some():
-                    digest += data
-            nursery.cancel_scope.cancel()
+        async with quic_pair(_digest_handler, certs, config) as (_, conn):
+            size = conn.max_datagram_size
+            stream = await conn.open_stream()
+            await stream.send_all(payload)
+            await stream.send_eof()
+            digest = await read_to_eof(stream)
     return digest, size
 
 
@@ -149,29 +138,23 @@ async def test_many_streams_written_in_one_round_arrive_intact(certs: Path) -> N
                 except ConnectionClosed:
                     return
 
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
     config = QuicConfig(max_datagram_size=MAX_DATAGRAM_SIZE)
     results: dict[int, list[bytes]] = {}
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            listener = await nursery.start(
-                functools.partial(serve_quic, handler, 0, tls=tls, config=config))
-            async with connect_quic("127.0.0.1", listener.port, tls=ClientTLS(certs / "ca.pem"),
-                                    config=config) as conn:
+        async with quic_pair(handler, certs, config) as (_, conn):
 
-                async def one(i: int) -> None:
-                    ms = MessageStream(await conn.open_stream())
-                    got = []
-                    for j in range(5):
-                        await ms.send_message(f"{i}:{j}".encode() * 10)
-                        got.append(await ms.receive_message())
-                    await ms.send_eof()
-                    results[i] = got
+            async def one(i: int) -> None:
+                ms = MessageStream(await conn.open_stream())
+                got = []
+                for j in range(5):
+                    await ms.send_message(f"{i}:{j}".encode() * 10)
+                    got.append(await ms.receive_message())
+                await ms.send_eof()
+                results[i] = got
 
-                async with trio.open_nursery() as streams:
-                    for i in range(500):
-                        streams.start_soon(one, i)
-            nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as streams:
+                for i in range(500):
+                    streams.start_soon(one, i)
     assert results == {i: [f"{i}:{j}".encode() * 10 for j in range(5)] for i in range(500)}
 
 
@@ -191,17 +174,12 @@ async def test_accept_stream_nowait(certs: Path) -> None:
         done.set()
         await trio.sleep_forever()
 
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            listener = await nursery.start(functools.partial(serve_quic, handler, 0, tls=tls))
-            async with connect_quic("127.0.0.1", listener.port,
-                                    tls=ClientTLS(certs / "ca.pem")) as conn:
-                for _ in range(20):
-                    stream = await conn.open_stream()
-                    await stream.send_all(b"x")
-                await done.wait()
-            nursery.cancel_scope.cancel()
+        async with quic_pair(handler, certs) as (_, conn):
+            for _ in range(20):
+                stream = await conn.open_stream()
+                await stream.send_all(b"x")
+            await done.wait()
     assert sorted(accepted) == [4 * i for i in range(20)]
 
 
@@ -223,23 +201,17 @@ async def test_send_interrupted_inside_a_frame_resets_the_stream(certs: Path) ->
             got.append(exc)
         reader_done.set()
 
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            listener = await nursery.start(
-                functools.partial(serve_quic, handler, 0, tls=tls, config=config))
-            async with connect_quic("127.0.0.1", listener.port, tls=ClientTLS(certs / "ca.pem"),
-                                    config=config) as conn:
-                ms = MessageStream(await conn.open_stream())
-                await ms.send_message(b"hello")
-                with trio.move_on_after(0.5) as scope:
-                    await ms.send_message(b"z" * (1 << 20))  # blocks: the peer is not reading
-                assert scope.cancelled_caught
-                with pytest.raises(trio.BrokenResourceError, match="interrupted"):
-                    await ms.send_message(b"after")
-                reader_may_read.set()
-                await reader_done.wait()
-            nursery.cancel_scope.cancel()
+        async with quic_pair(handler, certs, config) as (_, conn):
+            ms = MessageStream(await conn.open_stream())
+            await ms.send_message(b"hello")
+            with trio.move_on_after(0.5) as scope:
+                await ms.send_message(b"z" * (1 << 20))  # blocks: the peer is not reading
+            assert scope.cancelled_caught
+            with pytest.raises(trio.BrokenResourceError, match="interrupted"):
+                await ms.send_message(b"after")
+            reader_may_read.set()
+            await reader_done.wait()
     assert len(got) == 1 and isinstance(got[0], trio.BrokenResourceError)
 
 
@@ -257,15 +229,11 @@ async def test_zero_rtt_requests_are_answered_before_the_handshake_completes(
         async for msg in ms:
             await ms.send_message(msg)
 
-    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key", ca=certs / "ca.pem",
-                    require_client_cert=True)
-    client_tls = ClientTLS(certs / "ca.pem", cert=certs / "a1.pem", key=certs / "a1.key")
     store = SessionTicketStore()
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            listener = await nursery.start(functools.partial(serve_quic, handler, 0, tls=tls))
+        async with quic_server(handler, certs, tls=server_tls(certs, mutual=True)) as listener:
             for i in range(3):
-                async with connect_quic("127.0.0.1", listener.port, tls=client_tls,
+                async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs, "a1"),
                                         session_tickets=store,
                                         wait_connected=(i == 0)) as conn:
                     ms = MessageStream(await conn.open_stream())
@@ -278,7 +246,6 @@ async def test_zero_rtt_requests_are_answered_before_the_handshake_completes(
                     # ticket (sent on the client's Finished) arrives before it.
                     await ms.send_message(b"again")
                     assert await ms.receive_message() == b"again"
-            nursery.cancel_scope.cancel()
     assert seen[0] == ("a1", False, True)
     # Resumed: identity from the ticket, handler running before the client's Finished.
     assert seen[1] == ("a1", True, False)
