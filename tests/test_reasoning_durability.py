@@ -71,7 +71,7 @@ def run_and_kill(kind: str, path, seed: int, rng: random.Random) -> list[list[st
         proc = subprocess.Popen([sys.executable, "-c", WRITER, kind, str(path), str(seed)],
                                 stdout=subprocess.PIPE, stderr=err, text=True)
     assert proc.stdout is not None
-    lines: list[str] = []
+    lines: list[list[str]] = []
     wanted = rng.randint(5, 80)
     try:
         while len(lines) < wanted:
