@@ -50,10 +50,12 @@ from midswarm.transport import (
     ProtocolError,
     QuicConfig,
     QuicConnection,
+    QuicStream,
     ServerTLS,
     SessionTicketStore,
     connect_quic,
     serve_quic,
+    serve_streams,
 )
 
 HOST = "127.0.0.1"
@@ -109,14 +111,11 @@ async def serve(kind: str, certs: str, params: dict[str, Any],
         if kind == "midswarm":
             paths = certs_paths(certs)
 
+            async def echo_stream(stream: QuicStream) -> None:
+                await _echo(MessageStream(stream))
+
             async def handler(conn: QuicConnection) -> None:
-                async with trio.open_nursery() as streams:
-                    while True:
-                        try:
-                            stream = await conn.accept_stream()
-                        except ConnectionClosed:
-                            return
-                        streams.start_soon(_echo, MessageStream(stream))
+                await serve_streams(conn, echo_stream)
 
             listener = await nursery.start(
                 serve_quic, handler, 0, HOST, ServerTLS(paths["cert"], paths["key"]),

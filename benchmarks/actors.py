@@ -52,7 +52,6 @@ from midswarm.actors import (
 )
 from midswarm.transport import (
     ClientTLS,
-    ConnectionClosed,
     MessageStream,
     QuicConnection,
     ServerTLS,
@@ -61,6 +60,7 @@ from midswarm.transport import (
     make_dev_certs,
     pack,
     serve_quic,
+    serve_streams,
 )
 
 MAILBOX = 64
@@ -198,14 +198,11 @@ async def serve_process(certs: Path) -> None:
                 pass
 
         def handler_for(fn: Any) -> Any:
+            async def serve_one_stream(stream: Any) -> None:
+                await fn(MessageStream(stream))
+
             async def handler(conn: QuicConnection) -> None:
-                async with trio.open_nursery() as nursery:
-                    while True:
-                        try:
-                            stream = await conn.accept_stream()
-                        except ConnectionClosed:
-                            return
-                        nursery.start_soon(fn, MessageStream(stream))
+                await serve_streams(conn, serve_one_stream)
             return handler
 
         tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key")

@@ -19,7 +19,6 @@ import trio
 
 from midswarm.transport import (
     ClientTLS,
-    ConnectionClosed,
     QuicConfig,
     QuicConnection,
     QuicListener,
@@ -28,6 +27,7 @@ from midswarm.transport import (
     SessionTicketStore,
     connect_quic,
     serve_quic,
+    serve_streams,
 )
 
 Handler = Callable[[QuicConnection], Awaitable[object]]
@@ -80,19 +80,6 @@ async def echo_stream(stream: QuicStream) -> None:
         await stream.send_eof()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
-
-
-async def serve_streams(conn: QuicConnection,
-                        serve_stream: Callable[[QuicStream], Awaitable[object]]) -> None:
-    """Run ``serve_stream(stream)`` in its own task for every stream the peer opens;
-    return when the connection closes."""
-    async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                stream = await conn.accept_stream()
-            except ConnectionClosed:
-                return
-            nursery.start_soon(serve_stream, stream)
 
 
 async def echo_handler(conn: QuicConnection) -> None:

@@ -13,6 +13,7 @@ from ._errors import ConnectionClosed, ProtocolError
 from ._framing import DEFAULT_MAX_MESSAGE_SIZE, FRAMING_ERROR_CODE, MessageStream
 from ._memory import MemoryConnection, MemoryStream, memory_connection_pair
 from ._quic import QuicConnection, QuicStream
+from ._serve import serve_streams
 from ._tickets import SessionTicketStore
 from ._tls import (
     CertificateError,
@@ -50,5 +51,6 @@ __all__ = [
     "message",
     "pack",
     "serve_quic",
+    "serve_streams",
     "unpack",
 ]

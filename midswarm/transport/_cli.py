@@ -13,9 +13,9 @@ import trio
 
 from ..cli import command
 from ._endpoint import connect_quic, serve_quic
-from ._errors import ConnectionClosed
 from ._framing import MessageStream
 from ._quic import QuicConnection, QuicStream
+from ._serve import serve_streams
 from ._tls import ClientTLS, ServerTLS, make_dev_certs
 
 
@@ -49,17 +49,7 @@ async def _echo_stream(stream: QuicStream) -> None:
 
 
 async def _echo_handler(conn: QuicConnection) -> None:
-    async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                stream = await conn.accept_stream()
-                while True:  # drain a burst without a scheduling round per stream
-                    nursery.start_soon(_echo_stream, stream)
-                    stream = conn.accept_stream_nowait()
-            except trio.WouldBlock:
-                continue
-            except ConnectionClosed:
-                return
+    await serve_streams(conn, _echo_stream)
 
 
 async def _serve(certdir: str, port: int) -> None:
