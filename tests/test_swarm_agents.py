@@ -17,7 +17,7 @@ from midswarm.actors import ActorFailed, ActorRef, ChildSpec, open_supervisor
 from midswarm.kernels import FEATURE_COLUMNS, features, influence_rank, lcss_matrix, mlp
 from midswarm.reasoning import Experience, ReasoningBank
 from midswarm.swarm._agent_bank import default_bank_path
-from midswarm.swarm._agents import AGENT_FACTORIES, rank_correlation
+from midswarm.swarm._agents import AGENT_FACTORIES, average_ranks, rank_correlation
 from midswarm.swarm._market import synthetic_market
 from midswarm.swarm._protocol import (
     CorrelationTask,
@@ -74,6 +74,25 @@ def test_rank_correlation_of_a_constant_row_is_nan() -> None:
     assert np.isnan(rho[1]).all() and np.isnan(rho[:, 1]).all()
     assert rho[0, 0] == 1.0
     assert rho[0, 2] == pytest.approx(stats.spearmanr([1.0, 2, 3], [3.0, 1, 2]).statistic)
+
+
+def test_average_ranks_equal_scipy_rankdata_with_ties_and_nan() -> None:
+    rng = np.random.default_rng(4)
+    signs = rng.integers(-1, 2, size=(6, 50)).astype(float)  # the demo's signals: many ties
+    continuous = rng.normal(size=(3, 17))
+    with_nan = rng.integers(0, 3, size=(2, 9)).astype(float)
+    with_nan[1, 4] = np.nan
+    for rows in (signs, continuous, with_nan, np.zeros((2, 1)), np.zeros((3, 0))):
+        np.testing.assert_array_equal(average_ranks(rows), stats.rankdata(rows, axis=1))
+    rho = rank_correlation(signs)
+    for i in range(6):
+        for j in range(6):
+            assert rho[i, j] == pytest.approx(stats.spearmanr(signs[i], signs[j]).statistic,
+                                              abs=1e-12)
+    rho = rank_correlation(with_nan)
+    assert np.isnan(rho[1]).all() and np.isnan(rho[:, 1]).all() and rho[0, 0] == 1.0
+    with pytest.raises(ValueError, match="2-D"):
+        average_ranks(np.zeros(3))
 
 
 async def test_feature_engineer_equals_the_kernel() -> None:

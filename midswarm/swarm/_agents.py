@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from ..actors import Actor
 from ..kernels import features, influence_rank, lcss_matrix, mlp
@@ -43,6 +42,7 @@ __all__ = [
     "PatternMatcher",
     "ReasoningBankActor",
     "StrategyCorrelator",
+    "average_ranks",
     "rank_correlation",
 ]
 
@@ -55,27 +55,58 @@ def _unknown(actor: Actor, msg: Any) -> TypeError:
                      f"message {msg!r}")
 
 
+def average_ranks(rows: np.ndarray) -> np.ndarray:
+    """Ranks (1-based) within each row of a 2-D array, ties given the mean of
+    the ranks they span -- what ``scipy.stats.rankdata(rows, axis=1)`` gives.
+    A row holding a NaN is all NaN.
+
+    Plain numpy: importing ``scipy.stats`` costs an agent process about a
+    second of start-up on a busy machine, for this one function.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2:
+        raise ValueError(f"average_ranks: expected a 2-D array, got shape {rows.shape}")
+    n, m = rows.shape
+    ranks = np.empty((n, m))
+    if m == 0:
+        return ranks
+    order = np.argsort(rows, axis=1, kind="stable")
+    ordered = np.take_along_axis(rows, order, axis=1)
+    position = np.broadcast_to(np.arange(m), (n, m))
+    # A run of equal values spans [first, last]; each member gets their mean + 1.
+    starts = np.ones((n, m), dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = np.ones((n, m), dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    first = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+    last = np.minimum.accumulate(np.where(ends, position, m - 1)[:, ::-1], axis=1)[:, ::-1]
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=1)
+    ranks[np.isnan(rows).any(axis=1)] = np.nan
+    return ranks
+
+
 def rank_correlation(strategies: np.ndarray) -> np.ndarray:
     """Spearman rank correlation between the rows of ``strategies``, as an
     ``(n, n)`` matrix: the Pearson correlation of the rows' average ranks
-    (``scipy.stats.rankdata``), which is what ``scipy.stats.spearmanr`` gives
+    (:func:`average_ranks`), which is what ``scipy.stats.spearmanr`` gives
     for each pair.  A constant row has no ranking: its row and column
-    (diagonal entry included) are NaN, and the other entries are still given.
+    (diagonal entry included) are NaN, and the other entries are still given;
+    so are those of a row holding a NaN.
     """
     rows = np.asarray(strategies, dtype=np.float64)
     n = rows.shape[0]
     if rows.shape[1] < 2:
         return np.full((n, n), np.nan)
-    ranks = stats.rankdata(rows, axis=1)
+    ranks = average_ranks(rows)
     centred = ranks - ranks.mean(axis=1, keepdims=True)
     norms = np.sqrt((centred * centred).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         unit = centred / norms[:, None]
     rho = np.clip(unit @ unit.T, -1.0, 1.0)
     np.fill_diagonal(rho, 1.0)
-    constant = norms == 0
-    rho[constant, :] = np.nan
-    rho[:, constant] = np.nan
+    undefined = ~(norms > 0)  # constant rows (0) and rows with a NaN
+    rho[undefined, :] = np.nan
+    rho[:, undefined] = np.nan
     return rho
 
 
