@@ -5,6 +5,9 @@ Theory of operation
 :func:`run_agent` loops over *sessions*, one per connection to the
 coordinator:
 
+0. Warm up: have numba load the hosted behaviours' kernels (see
+   :mod:`._agent_warmup`), once per run, so that the coordinator's first
+   tasks meet an agent in its steady state.
 1. Connect (QUIC with :class:`~midswarm.transport.ClientTLS`, or any
    connection factory), open the control stream, send :class:`AgentHello`,
    read :class:`Welcome` or :class:`Refused`.
@@ -73,6 +76,7 @@ from ..transport import (
     decode,
     encode,
 )
+from ._agent_warmup import warm_up_agent
 from ._errors import AgentRefused
 from ._protocol import (
     AGENT_TYPES,
@@ -350,6 +354,7 @@ async def run_agent(coordinator: tuple[str, int] | ConnectionFactory, agent_id: 
                     session_tickets: SessionTicketStore | None = None,
                     reconnect: bool = True, backoff: Backoff = _DEFAULT_BACKOFF,
                     capabilities: Mapping[str, Any] | None = None,
+                    warm_up: bool = True,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Run an agent until the coordinator drains it (see the module docstring).
 
@@ -359,7 +364,10 @@ async def run_agent(coordinator: tuple[str, int] | ConnectionFactory, agent_id: 
     yields a connection (``open_stream``/``accept_stream``/``close``).
     ``types`` lists the hosted agent types (or is a comma-separated string).
     ``session_tickets`` (default: a fresh in-memory store) enables session
-    resumption with the hello in 0-RTT on reconnects.  Use
+    resumption with the hello in 0-RTT on reconnects.  With ``warm_up``
+    (the default) the hosted behaviours' kernels are loaded first, before
+    the first connection (see :mod:`._agent_warmup`); the hello then carries
+    the seconds that took as ``capabilities["warm_up_s"]``.  Use
     ``await nursery.start(run_agent, ...)`` (with :func:`functools.partial`
     for the keywords) to wait until the first welcome.
 
@@ -389,8 +397,11 @@ async def run_agent(coordinator: tuple[str, int] | ConnectionFactory, agent_id: 
         if tls is None:
             raise TypeError("a QUIC coordinator address needs tls=ClientTLS(...)")
         address = (str(host), int(port))
-    caps = {"pid": os.getpid(), "host": socket.gethostname(),
-            "python": platform.python_version()}
+    caps: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(),
+                            "python": platform.python_version()}
+    if warm_up:
+        took = await warm_up_agent(agent_id, type_list, factories)
+        caps["warm_up_s"] = round(sum(took.values()), 4)
     caps.update(capabilities or {})
     agent = _Agent(connect, address, agent_id, type_list, tls, parameters or {}, factories,
                    quic_config, session_tickets if session_tickets is not None

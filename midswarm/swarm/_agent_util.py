@@ -1,4 +1,4 @@
-"""What the behaviours share: running a kernel in a worker thread."""
+"""What the behaviours share: running a kernel in a worker thread, and warm-up samples."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 import numba
 import trio
 
-__all__ = ["check_threads", "run_kernel"]
+from ..transport import decode, encode
+
+__all__ = ["check_threads", "run_kernel", "wire_copy"]
 
 T = TypeVar("T")
 
@@ -42,3 +44,13 @@ async def run_kernel(threads: int, fn: Callable[..., T], *args: Any) -> T:
     """
     return await trio.to_thread.run_sync(functools.partial(_call_with_threads, threads, fn,
                                                            *args))
+
+
+def wire_copy(msg: T) -> T:
+    """``msg`` encoded and decoded again: what an agent receives from the wire.
+
+    Warm-up tasks go through this so that the kernels see the dtypes and
+    array layouts of real tasks -- numba compiles (or loads) one version of a
+    kernel per combination of argument types.
+    """
+    return decode(encode(msg))  # type: ignore[no-any-return]

@@ -24,7 +24,7 @@ from ..actors import Actor
 from ..kernels import features, influence_rank, lcss_matrix, mlp
 from ._agent_bank import ReasoningBankActor
 from ._agent_matcher import PatternMatcher
-from ._agent_util import check_threads, run_kernel
+from ._agent_util import check_threads, run_kernel, wire_copy
 from ._protocol import (
     AGENT_TYPES,
     CorrelationTask,
@@ -130,6 +130,16 @@ class StrategyCorrelator(Actor):
         if not 0.0 < self.damping < 1.0:
             raise ValueError(f"parameters['damping'] must be in (0, 1), got {self.damping!r}")
 
+    @classmethod
+    async def warm_up(cls) -> None:
+        """Have numba load (or compile) the LCSS and ranking kernels now: a
+        throwaway correlator answers one small task (through the codec, as a
+        real one arrives).  An agent calls this before its hello."""
+        rng = np.random.default_rng(0)
+        signals = np.sign(rng.normal(size=(6, 40)))
+        await cls("warm-up").handle(wire_copy(CorrelationTask(
+            strategies=signals, names=[f"s{i}" for i in range(6)], epsilon=0.5, window=16)))
+
     async def handle(self, msg: Any) -> Any:
         if not isinstance(msg, CorrelationTask):
             raise _unknown(self, msg)
@@ -177,6 +187,17 @@ class FeatureEngineer(Actor):
                              f"(known: {', '.join(_FEATURE_OPTIONS)})")
         return dict(values)
 
+    @classmethod
+    async def warm_up(cls) -> None:
+        """Have numba load (or compile) the feature kernels now: a throwaway
+        feature engineer computes the features of 64 random-walk bars
+        (through the codec, as a real task arrives).  An agent calls this
+        before its hello."""
+        rng = np.random.default_rng(0)
+        close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, size=64)))
+        ohlcv = np.stack([close, close * 1.01, close * 0.99, close, np.full(64, 1000.0)], axis=1)
+        await cls("warm-up").handle(wire_copy(FeatureTask(ohlcv=ohlcv)))
+
     async def handle(self, msg: Any) -> Any:
         if not isinstance(msg, FeatureTask):
             raise _unknown(self, msg)
@@ -201,6 +222,16 @@ class NeuralTrainer(Actor):
     def __init__(self, agent_id: str, parameters: Mapping[str, Any] | None = None) -> None:
         self.agent_id = agent_id
         self.steps = 0
+
+    @classmethod
+    async def warm_up(cls) -> None:
+        """One gradient computation on a small batch by a throwaway trainer
+        (numpy only: this mostly warms numpy's and the codec's first calls).
+        An agent calls this before its hello."""
+        rng = np.random.default_rng(0)
+        params = mlp.init_params([7, 16, 1], seed=0)
+        await cls("warm-up").handle(wire_copy(TrainStep(
+            model_version=0, x=rng.normal(size=(16, 7)), y=rng.normal(size=16), params=params)))
 
     async def handle(self, msg: Any) -> Any:
         if not isinstance(msg, TrainStep):
