@@ -23,9 +23,11 @@ an asset, with ``L`` the pattern length and ``H`` the horizon:
 
 Meanwhile the MLP is trained online: every 32 new (features, outcome)
 samples, a :class:`ParameterServer` step over the latest 128 is spread over
-the neural trainers; and every couple of seconds a correlator compares the
-strategies' recent signals (LCSS) and ranks their influence (PageRank).  A
-status line is printed every ``status_interval`` seconds, and a
+the neural trainers; and a correlator compares the strategies' recent signals
+(LCSS) and ranks their influence (PageRank) -- first as soon as 32 bars of
+signals are in, then every ``correlation_interval`` seconds (by default a
+fifth of the duration, at least 2 s), and once more at the end of the data.
+A status line is printed every ``status_interval`` seconds, and a
 :class:`DemoSummary` at the end: each arm's forecasts, direction hit-rate and
 error, reported as they come out.
 """
@@ -72,6 +74,8 @@ MLP_LAYERS = [7, 16, 1]
 TRAIN_EVERY = 32
 TRAIN_BATCH = 128
 SIGNAL_HISTORY = 128
+#: Bars of signals the first correlation waits for.
+SIGNALS_NEEDED = 32
 ARM_ON = "learning on"
 ARM_OFF = "learning off"
 
@@ -85,7 +89,9 @@ class DemoOptions:
     (see :func:`load_csv`), else a synthetic market of ``assets`` assets and
     ``bars`` bars from ``seed``.  ``agents`` is the composition (default: the
     config's, else :data:`DEFAULT_COMPOSITION`); ``learning=False`` runs the
-    "learning off" arm only and reports no outcomes.
+    "learning off" arm only and reports no outcomes.  ``correlation_interval``
+    is the time between strategy correlations (default: ``duration / 5``, at
+    least 2 s; the first runs as soon as there are signals to compare).
     """
 
     duration: float = 20.0
@@ -97,7 +103,7 @@ class DemoOptions:
     spawn: str = "process"
     config: SwarmConfig | None = None
     status_interval: float = 1.0
-    correlation_interval: float = 2.0
+    correlation_interval: float | None = None
     pattern_length: int = 24
     horizon: int = 8
     assets: int = 3
@@ -107,6 +113,8 @@ class DemoOptions:
     def __attrs_post_init__(self) -> None:
         for name in ("duration", "status_interval", "correlation_interval"):
             value = getattr(self, name)
+            if value is None and name == "correlation_interval":
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
@@ -116,6 +124,13 @@ class DemoOptions:
                 raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         if self.spawn not in ("task", "process"):
             raise ValueError(f"spawn must be 'task' or 'process', got {self.spawn!r}")
+
+    @property
+    def correlation_every(self) -> float:
+        """Seconds between correlations (see ``correlation_interval``)."""
+        if self.correlation_interval is not None:
+            return float(self.correlation_interval)
+        return max(2.0, self.duration / 5.0)
 
 
 def mlp_inputs(block: FeatureBlock, close: float) -> np.ndarray | None:
@@ -173,8 +188,13 @@ class _Replay:
         #: Per training step: the loss of always predicting zero, for scale.
         self.zero_losses: list[float] = []
         self.signals: deque[np.ndarray] = deque(maxlen=SIGNAL_HISTORY)
+        self.signals_recorded = 0
+        self.enough_signals = trio.Event()
         self.influence: list[tuple[str, float]] = []
         self.correlations = 0
+        #: ``signals_recorded`` at the last correlation.
+        self.correlated_at = 0
+        self.correlation_lock = trio.Lock()
         self.finished = 0
 
     # -- timing -------------------------------------------------------------------
@@ -272,6 +292,9 @@ class _Replay:
             np.sign(log_close[t] - log_close[t - 10]), -np.sign(x[1]),
             1.0 if rsi < 30 else -1.0 if rsi > 70 else 0.0, np.sign(x[3]), pattern,
             np.sign(entry.mlp)]))
+        self.signals_recorded += 1
+        if len(self.signals) >= SIGNALS_NEEDED:
+            self.enough_signals.set()
 
     # -- background work ----------------------------------------------------------
 
@@ -294,14 +317,23 @@ class _Replay:
             self.zero_losses.append(float(np.mean(y * y)))
 
     async def correlation_loop(self) -> None:
+        """Correlate as soon as there are enough signals, then every interval."""
+        await self.enough_signals.wait()
         while True:
-            await trio.sleep(self.options.correlation_interval)
-            if len(self.signals) < 32:
-                continue
+            await self.correlate()
+            await trio.sleep(self.options.correlation_every)
+
+    async def correlate(self) -> None:
+        """Compare the strategies' recent signals and rank their influence."""
+        async with self.correlation_lock:
+            if len(self.signals) < SIGNALS_NEEDED or self.correlated_at == self.signals_recorded:
+                return  # too few signals, or none new since the last run
+            seen = self.signals_recorded
             signals = np.stack(list(self.signals)).T
             answer = await self._submit(CorrelationTask(
                 strategies=signals, names=list(STRATEGIES), epsilon=0.5, window=16))
             self.correlations += 1
+            self.correlated_at = seen
             self.influence = sorted(zip(answer.names, answer.influence.tolist(), strict=True),
                                     key=lambda pair: -pair[1])
 
@@ -397,6 +429,8 @@ async def run_demo(options: DemoOptions | None = None,
                 stopped_by = "end of data"
                 if replay.training and len(replay.samples) >= TRAIN_BATCH // 2:
                     await replay.train_step()  # the samples that came in since the last
+                if replay.correlating:
+                    await replay.correlate()  # the signals that came in since the last
                 nursery.cancel_scope.cancel()
         elapsed = trio.current_time() - started
         summary = _summarise(replay, swarm, options, composition, startup, elapsed,
@@ -451,4 +485,6 @@ def _summarise(replay: _Replay, swarm: Swarm, options: DemoOptions,
         mlp_hit_rate=(replay.mlp_hits / replay.mlp_forecasts if replay.mlp_forecasts
                       else math.nan),
         mlp_forecasts=replay.mlp_forecasts, influence=replay.influence,
-        correlations=replay.correlations, skipped=skipped, stopped_by=stopped_by)
+        correlations=replay.correlations,
+        correlation_every=options.correlation_every if replay.correlating else math.nan,
+        skipped=skipped, stopped_by=stopped_by)

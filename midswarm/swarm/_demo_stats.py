@@ -116,6 +116,8 @@ class DemoSummary:
     mlp_forecasts: int
     influence: list[tuple[str, float]]
     correlations: int
+    #: Seconds between correlations (NaN: no correlator).
+    correlation_every: float = math.nan
     skipped: list[str] = attrs.Factory(list)
     stopped_by: str = "duration"
 
@@ -156,11 +158,14 @@ class DemoSummary:
             f"{_num(self.mlp_loss)} (predicting zero: {_num(self.mlp_zero_loss)}); stale "
             f"gradients rejected: {self.mlp_stale_rejected}; direction hit-rate "
             f"{_pct(self.mlp_hit_rate)} over {self.mlp_forecasts} forecasts")
+        cadence = ("" if math.isnan(self.correlation_every)
+                   else f", first at 32 bars of signals, then every {self.correlation_every:g} s")
         if self.influence:
             ranking = ", ".join(f"{name} {score:.3f}" for name, score in self.influence)
-            out.append(f"strategy influence ({self.correlations} correlation runs): {ranking}")
+            out.append(f"strategy influence ({self.correlations} correlation runs{cadence}; "
+                       f"the last one): {ranking}")
         else:
-            out.append(f"strategy influence: none computed ({self.correlations} runs)")
+            out.append(f"strategy influence: none computed ({self.correlations} runs{cadence})")
         for note in self.skipped:
             out.append(f"skipped: {note}")
         return out
