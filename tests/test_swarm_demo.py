@@ -159,6 +159,14 @@ def test_cli_demo_with_agent_processes_over_quic(tmp_path: Path) -> None:
     assert "judged windows: 60;" in out
     assert re.search(r"learning on: forecasts \d+/60 ", out)
     assert np.isfinite(float(out.split("latency p50 ")[1].split(" ms")[0]))
+    # the agents logged to a file in the store; only warnings and errors reach stderr
+    log = tmp_path / "agents.log"
+    assert f"agent logs: {log} " in out
+    lines = log.read_text().splitlines()
+    for agent in ("pattern_matcher-1", "pattern_matcher-2", "reasoning_bank-1"):
+        assert any(line.startswith(f"{agent} | ") and f"agent {agent}: connected, hosting"
+                   in line for line in lines), agent
+    assert not re.search(r" (DEBUG|INFO) ", proc.stderr), proc.stderr[-2000:]
 
 
 def test_cli_demo_takes_composition_and_parameters_from_a_config_file(

@@ -1,12 +1,68 @@
-"""How the demo reads: the correlation cadence."""
+"""How the demo reads: agent logs to a file with errors still shown, the
+correlation cadence."""
 
 from __future__ import annotations
 
+import io
 import math
+import subprocess
+import sys
+import textwrap
 
 import pytest
+import trio
 
 from midswarm.swarm._demo import DemoOptions
+from midswarm.swarm._spawn import pump_agent_output
+
+# Logs like `midswarm agent` does (its own logging set-up), then crashes.
+_NOISY_AGENT = textwrap.dedent("""
+    import logging, sys
+    from midswarm.swarm._cli import _setup_logging
+    _setup_logging("info")
+    log = logging.getLogger("midswarm.swarm.agent")
+    log.info("agent a1: connected, hosting feature_engineer")
+    log.warning("agent a1: no heartbeat from the coordinator for 5 s")
+    log.info("agent a1: draining")
+    sys.stderr.write("midswarm agent: a line that is not a log record\\n")
+    log.error("agent a1: protocol error")
+    sys.stderr.write("a last line without its newline")
+    sys.stderr.flush()
+    raise RuntimeError("the agent crashed")
+""")
+
+
+async def test_agent_output_goes_to_the_file_and_only_what_matters_is_echoed() -> None:
+    process = await trio.lowlevel.open_process([sys.executable, "-c", _NOISY_AGENT],
+                                               stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    log_file = io.StringIO()
+    echoed: list[str] = []
+    await pump_agent_output(process.stderr, "a1", log_file, echo=echoed.append)
+    assert await process.wait() == 1
+    logged = log_file.getvalue().splitlines()
+    assert all(line.startswith("a1 | ") for line in logged)
+    text = "\n".join(logged)
+    for fragment in ("INFO agent a1: connected", "WARNING agent a1: no heartbeat",
+                     "INFO agent a1: draining", "not a log record", "ERROR agent a1: protocol",
+                     "a last line without its newline",
+                     "Traceback (most recent call last):", "RuntimeError: the agent crashed"):
+        assert fragment in text, fragment
+    shown = "\n".join(echoed)
+    assert " INFO " not in shown  # INFO records stay in the file
+    for fragment in ("WARNING agent a1: no heartbeat", "not a log record",
+                     "ERROR agent a1: protocol", "Traceback (most recent call last):",
+                     "RuntimeError: the agent crashed"):
+        assert fragment in shown, fragment
+    # verbose: every line
+    everything: list[str] = []
+    again = await trio.lowlevel.open_process([sys.executable, "-c", _NOISY_AGENT],
+                                             stderr=subprocess.PIPE)
+    assert again.stderr is not None
+    await pump_agent_output(again.stderr, "a1", io.StringIO(), echo_level=0,
+                            echo=everything.append)
+    await again.wait()
+    assert len(everything) == len(logged)
 
 
 def test_correlation_cadence_follows_the_duration() -> None:
@@ -31,4 +87,6 @@ async def test_a_short_demo_correlates_and_prints_the_ranking() -> None:
     assert math.fsum(score for _, score in summary.influence) == pytest.approx(1.0)
     ranking = [line for line in lines if line.startswith("strategy influence (")]
     assert len(ranking) == 1 and "every 2 s" in ranking[0]
+    startup = next(line for line in lines if line.startswith("startup: "))
+    assert "kernel warm-up" in startup
 

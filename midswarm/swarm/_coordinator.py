@@ -423,13 +423,19 @@ class Coordinator:
 
     async def spawn_agent(self, agent_id: str, types: Iterable[str], certs: str | os.PathLike[str],
                           *, server_name: str = "localhost", extra_args: Iterable[str] = (),
-                          threads: int | None = None) -> None:
+                          threads: int | None = None,
+                          log_file: str | os.PathLike[str] | None = None,
+                          log_echo_level: int = logging.WARNING) -> None:
         """Start ``python -m midswarm agent`` for ``agent_id`` hosting ``types``,
         supervised: restarted (with backoff) when it dies, stopped with the
         coordinator.  ``certs`` must hold ``ca.pem`` and ``<agent_id>.pem/.key``.
         ``threads`` caps the agent's compute threads (``NUMBA_NUM_THREADS``);
         agents sharing a host should share its cores rather than each start a
-        thread per core.  Returns once the process is started (not yet
+        thread per core.  ``log_file``: append the agent's stderr (its log)
+        to this file, and pass on to this process's stderr only its log
+        records at ``log_echo_level`` or above and any other output
+        (tracebacks); default: the agent writes to this process's stderr.
+        Returns once the process is started (not yet
         connected: see :meth:`wait_for_agents`).  Raises :class:`RuntimeError`
         without a QUIC listener, :class:`ValueError` for a bad id, types or
         threads, :class:`FileNotFoundError` for missing certificates.
@@ -438,7 +444,8 @@ class Coordinator:
 
         self._check_open()
         await spawn_agent(self, agent_id, list(types), os.fspath(certs), server_name,
-                          list(extra_args), threads)
+                          list(extra_args), threads,
+                          None if log_file is None else os.fspath(log_file), log_echo_level)
 
     # -- internals for sessions and the spawner ----------------------------------------------
 

@@ -30,12 +30,21 @@ fifth of the duration, at least 2 s), and once more at the end of the data.
 A status line is printed every ``status_interval`` seconds, and a
 :class:`DemoSummary` at the end: each arm's forecasts, direction hit-rate and
 error, reported as they come out.
+
+Timing is honest about start-up: the agents warm their kernels up before they
+connect, so the reported start-up time includes that, and the replay's
+latencies are those of a warm swarm.  Agent processes log to
+``agents.log`` in the store directory (kept, and named at the end); their
+warnings and errors still reach stderr.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import os
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -76,6 +85,10 @@ TRAIN_BATCH = 128
 SIGNAL_HISTORY = 128
 #: Bars of signals the first correlation waits for.
 SIGNALS_NEEDED = 32
+AGENT_LOG = "agents.log"
+# Agents warm their kernels up before they connect; after a change to the
+# kernels numba compiles them all, in every agent process at once.
+_READY_TIMEOUT = 900.0
 ARM_ON = "learning on"
 ARM_OFF = "learning off"
 
@@ -92,6 +105,10 @@ class DemoOptions:
     "learning off" arm only and reports no outcomes.  ``correlation_interval``
     is the time between strategy correlations (default: ``duration / 5``, at
     least 2 s; the first runs as soon as there are signals to compare).
+    ``store_dir`` keeps the pattern library, the ReasoningBank and (agent
+    processes) the agents' log; by default a temporary directory, kept after
+    a ``spawn="process"`` demo for its log.  ``verbose`` passes every line of
+    the agent processes' logs to stderr, not just warnings and errors.
     """
 
     duration: float = 20.0
@@ -109,6 +126,7 @@ class DemoOptions:
     assets: int = 3
     bars: int = 6000
     store_dir: str | None = None
+    verbose: bool = False
 
     def __attrs_post_init__(self) -> None:
         for name in ("duration", "status_interval", "correlation_interval"):
@@ -407,12 +425,33 @@ async def run_demo(options: DemoOptions | None = None,
     out(f"market: {market.source}; {len(market.assets)} asset(s), {len(market)} bars; "
         f"agents: {', '.join(f'{t}={n}' for t, n in composition.items() if n)} "
         f"(spawn={options.spawn})")
+    store_dir = options.store_dir
+    if store_dir is None and config is not None:
+        store_dir = config.store_dir
+    agent_log = None
+    agents = sum(composition.values())
+    if options.spawn == "process":
+        if store_dir is None:
+            # Kept (unlike a task demo's): it holds the agents' log.
+            store_dir = tempfile.mkdtemp(prefix="midswarm-demo-")
+        os.makedirs(store_dir, exist_ok=True)
+        agent_log = os.path.join(store_dir, AGENT_LOG)
+        includes = (f"dev certificates, coordinator, {agents} agent processes: Python imports, "
+                    f"kernel warm-up, QUIC+TLS connect")
+        out(f"starting {agents} agent processes: each loads its modules and warms its kernels "
+            f"up (numba loads them from its cache; the first run after a change compiles them, "
+            f"which takes minutes), then connects; agent logs: {agent_log}")
+    else:
+        includes = f"coordinator, {agents} agent tasks: kernel warm-up, in-memory connect"
     wall = time.monotonic()
     async with open_swarm(composition, spawn=options.spawn,  # type: ignore[arg-type]
                           config=config, parameters={"pattern_matcher": matcher_params},
-                          store_dir=options.store_dir) as swarm:
+                          store_dir=store_dir, agent_log=agent_log,
+                          agent_log_echo=logging.DEBUG if options.verbose else logging.WARNING,
+                          ready_timeout=_READY_TIMEOUT) as swarm:
         startup = time.monotonic() - wall
-        out(f"swarm up in {startup:.2f} s: {len(swarm.agents)} agents connected")
+        out(f"swarm up in {startup:.2f} s: {len(swarm.agents)} agents connected, kernels "
+            f"warmed up")
         replay = _Replay(swarm, market, options, composition, matcher_params, out)
         started = trio.current_time()
         stopped_by = "duration"
@@ -434,15 +473,20 @@ async def run_demo(options: DemoOptions | None = None,
                 nursery.cancel_scope.cancel()
         elapsed = trio.current_time() - started
         summary = _summarise(replay, swarm, options, composition, startup, elapsed,
-                                   stopped_by)
+                             stopped_by)
+        summary.startup_includes = includes
+        summary.store_dir = store_dir
+        summary.agent_log = agent_log
+        stopping = time.monotonic()
+    summary.shutdown_s = time.monotonic() - stopping
     for line in summary.lines():
         out(line)
     return summary
 
 
 def _summarise(replay: _Replay, swarm: Swarm, options: DemoOptions,
-                     composition: dict[str, int], startup: float, elapsed: float,
-                     stopped_by: str) -> DemoSummary:
+               composition: dict[str, int], startup: float, elapsed: float,
+               stopped_by: str) -> DemoSummary:
     if ARM_ON in replay.arms:
         # The matchers' own parameters, as the coordinator last saw them; each
         # matcher is adapted on its own, so name them when they differ.

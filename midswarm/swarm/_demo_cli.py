@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import trio
@@ -74,13 +75,27 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                    help="seconds between status lines (default 1)")
     p.add_argument("--assets", type=int, default=3, help="synthetic assets (default 3)")
     p.add_argument("--bars", type=int, default=6000, help="synthetic bars per asset")
-    p.add_argument("--store-dir", help="keep the pattern library and ReasoningBank here "
-                                       "(default: a temporary directory)")
+    p.add_argument("--store-dir", help="keep the pattern library, ReasoningBank and agent logs "
+                                       "here (default: a temporary directory, kept when "
+                                       "agents are processes)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show every log line of the agents and coordinator (default: only "
+                        "warnings and errors; agent processes log to agents.log in the store "
+                        "directory)")
+
+
+def _setup_logging(verbose: bool) -> None:
+    # The same format as agent processes (midswarm agent), so lines read alike.
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # aioquic logs every handshake at INFO.
+    logging.getLogger("quic").setLevel(logging.WARNING)
 
 
 @command("demo", "Replay a market through a live swarm: pattern matching, the learning loop, "
                  "online training, strategy correlation.", _demo_args)
 def demo(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
     try:
         config = load_config(args.config) if args.config else None
         options = DemoOptions(
@@ -88,7 +103,7 @@ def demo(args: argparse.Namespace) -> int:
             skip_bad_rows=args.skip_bad_rows, agents=args.agents,
             learning=not args.no_learning, spawn=args.spawn, config=config,
             status_interval=args.status_interval, assets=args.assets, bars=args.bars,
-            store_dir=args.store_dir)
+            store_dir=args.store_dir, verbose=args.verbose)
         trio.run(run_demo, options)
     except (MarketDataError, ConfigError, ValueError, OSError) as exc:
         print(f"midswarm demo: {exc}", file=sys.stderr)

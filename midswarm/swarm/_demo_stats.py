@@ -120,6 +120,11 @@ class DemoSummary:
     correlation_every: float = math.nan
     skipped: list[str] = attrs.Factory(list)
     stopped_by: str = "duration"
+    #: What ``startup_s`` covers, in words.
+    startup_includes: str = ""
+    shutdown_s: float = math.nan
+    store_dir: str | None = None
+    agent_log: str | None = None
 
     def lines(self) -> list[str]:
         """The summary, one line per string, with every field labelled."""
@@ -129,9 +134,11 @@ class DemoSummary:
             "=== midswarm demo summary ===",
             f"data: {self.source}",
             f"agents ({self.spawn}): {composition}",
-            f"startup: {self.startup_s:.2f} s; replay: {self.replay_s:.2f} s "
-            f"(stopped by {self.stopped_by}); bars replayed: {self.bars} per asset x "
-            f"{self.assets} asset(s)",
+            f"startup: {self.startup_s:.2f} s"
+            + (f" ({self.startup_includes})" if self.startup_includes else ""),
+            f"replay: {self.replay_s:.2f} s (stopped by {self.stopped_by}); bars replayed: "
+            f"{self.bars} per asset x {self.assets} asset(s); shutdown: "
+            f"{_num(self.shutdown_s, '.2f')} s",
             f"tasks: {self.tasks_completed} completed ({_num(rate, '.1f')}/s); latency p50 "
             f"{_num(self.latency_p50_ms, '.2f')} ms, p99 {_num(self.latency_p99_ms, '.2f')} ms; "
             f"restarts: {self.restarts}",
@@ -168,4 +175,9 @@ class DemoSummary:
             out.append(f"strategy influence: none computed ({self.correlations} runs{cadence})")
         for note in self.skipped:
             out.append(f"skipped: {note}")
+        if self.store_dir is not None:
+            out.append(f"store: {self.store_dir} (pattern library, ReasoningBank)")
+        if self.agent_log is not None:
+            out.append(f"agent logs: {self.agent_log} (warnings and errors are also shown "
+                       f"above; --verbose shows every line)")
         return out

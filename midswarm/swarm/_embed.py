@@ -15,6 +15,7 @@ agent.  Each ReasoningBank agent keeps its bank in
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import tempfile
 from collections.abc import (
@@ -118,7 +119,9 @@ async def open_swarm(agents: Mapping[str, int] | None = None, *,
                      factories: Mapping[str, Callable[[str, dict[str, Any]], Any]] | None = None,
                      quic_config: QuicConfig | None = None,
                      agent_threads: int | None = None,
-                     ready_timeout: float = 60.0) -> AsyncIterator[Swarm]:
+                     agent_log: str | os.PathLike[str] | None = None,
+                     agent_log_echo: int = logging.WARNING,
+                     ready_timeout: float = 300.0) -> AsyncIterator[Swarm]:
     """Start a coordinator and its agents; yield a :class:`Swarm` once all are connected.
 
     ``agents`` is ``{agent_type: count}`` (default: the config's composition,
@@ -136,6 +139,15 @@ async def open_swarm(agents: Mapping[str, int] | None = None, *,
     host's cores shared out among the agents, at least one each): agent
     processes that each start a thread per core on one host fight over the
     cores, and a parallel kernel waiting for a descheduled thread stalls.
+    ``agent_log`` (process mode) is a file the agent processes' logs are
+    appended to; of those, only records at ``agent_log_echo`` or above
+    (WARNING by default) and any other output (tracebacks) still reach this
+    process's stderr.  Without it the agents log to this process's stderr.
+
+    Every agent warms its kernels up before it connects (see
+    :func:`run_agent`), so the swarm is yielded in its steady state;
+    ``ready_timeout`` covers that too -- numba compiles the kernels on the
+    first run after they changed, which can take minutes.
 
     Leaving the block drains and stops everything.  Raises
     :class:`ConfigError` for a bad composition or parameters,
@@ -186,7 +198,8 @@ async def open_swarm(agents: Mapping[str, int] | None = None, *,
             threads = agent_threads if agent_threads is not None else max(
                 1, (os.cpu_count() or 1) // max(1, len(ids)))
             for agent_id, agent_type in ids.items():
-                await coord.spawn_agent(agent_id, [agent_type], certs_dir, threads=threads)
+                await coord.spawn_agent(agent_id, [agent_type], certs_dir, threads=threads,
+                                        log_file=agent_log, log_echo_level=agent_log_echo)
             await coord.wait_for_agents(list(ids), timeout=ready_timeout)
             yield Swarm(coord, ids, spawn, certs_dir)
             return

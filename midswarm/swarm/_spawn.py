@@ -13,15 +13,22 @@ drain), which stops it for good.  Stopping the actor terminates its process.
 The agent's stdin is a pipe from this process and the agent is started with
 ``--exit-on-stdin-eof``: if the coordinator's process dies without cleaning
 up, the pipe closes and the agents exit instead of reconnecting forever.
+
+Its stderr (its log) is this process's stderr, unless a log file is given:
+then every line goes to that file (prefixed with the agent id) and only the
+lines that matter here are passed on to this process's stderr -- log records
+at ``echo_level`` or above (WARNING by default) and any line that is not a
+log record at all (a traceback, a crashing interpreter's last words).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import trio
 
@@ -30,11 +37,16 @@ from ..actors import Actor, ActorError, ActorRef, ChildSpec
 if TYPE_CHECKING:
     from ._coordinator import Coordinator
 
-__all__ = ["AgentProcess", "SpawnedAgent", "spawn_agent", "stop_all"]
+__all__ = ["AgentProcess", "SpawnedAgent", "pump_agent_output", "spawn_agent", "stop_all"]
 
 log = logging.getLogger("midswarm.swarm")
 
 _TERMINATE_GRACE = 3.0
+# The start of a log record as ``midswarm agent`` writes it (``_cli._setup_logging``:
+# "%(asctime)s %(name)s %(levelname)s %(message)s").
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+           "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
 
 class AgentProcessExited(Exception):
@@ -52,10 +64,14 @@ class _Exited:
 class SpawnedAgent:
     """The coordinator's record of one agent it spawned."""
 
-    def __init__(self, agent_id: str, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, agent_id: str, argv: list[str], env: dict[str, str],
+                 log_file: str | None = None, echo_level: int = logging.WARNING) -> None:
         self.agent_id = agent_id
         self.argv = argv
         self.env = env
+        #: Where the agent's stderr goes (None: this process's stderr).
+        self.log_file = log_file
+        self.echo_level = echo_level
         self.pid: int | None = None
         self.starts = 0
         self.last_returncode: int | None = None
@@ -111,16 +127,69 @@ async def _terminate(process: trio.Process) -> None:
             await process.wait()
 
 
+def _echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+async def pump_agent_output(stream: trio.abc.ReceiveStream, agent_id: str, log_file: IO[str],
+                            echo_level: int = logging.WARNING,
+                            echo: Any = _echo) -> None:
+    """Copy an agent's stderr to ``log_file`` until EOF, line by line, each
+    line prefixed with ``agent_id``; pass to ``echo`` (default: this process's
+    stderr) the log records at ``echo_level`` or above and every line that is
+    not a log record (tracebacks, output of a crash), so that no error is lost.
+    """
+    def emit(raw: bytes) -> None:
+        text = raw.decode("utf-8", errors="replace").rstrip("\r")
+        line = f"{agent_id} | {text}"
+        log_file.write(line + "\n")
+        record = _RECORD.match(text)
+        if record is None or _LEVELS[record.group(1)] >= echo_level:
+            echo(line)
+
+    pending = b""
+    async for chunk in stream:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            emit(raw)
+        log_file.flush()
+    if pending:
+        emit(pending)
+        log_file.flush()
+
+
 async def _watch(coord: Coordinator, spawned: SpawnedAgent,
                  task_status: trio.TaskStatus[trio.Process]) -> None:
-    process = await trio.lowlevel.open_process(spawned.argv, stdin=subprocess.PIPE,
-                                               env=spawned.env)
+    log_file: IO[str] | None = None
+    if spawned.log_file is not None:
+        # Appends of whole lines: the agents of a swarm can share one file.
+        log_file = open(spawned.log_file, "a", encoding="utf-8")  # noqa: SIM115
+    try:
+        process = await trio.lowlevel.open_process(
+            spawned.argv, stdin=subprocess.PIPE, env=spawned.env,
+            stderr=None if log_file is None else subprocess.PIPE)
+    except BaseException:
+        if log_file is not None:
+            log_file.close()
+        raise
     spawned.pid = process.pid
     spawned.starts += 1
     spawned.exited = trio.Event()
     task_status.started(process)
     try:
-        returncode = await process.wait()
+        async with trio.open_nursery() as pumps:
+            pumped = trio.Event()
+            if log_file is None:
+                pumped.set()
+            else:
+                assert process.stderr is not None
+                pumps.start_soon(_pump, process.stderr, spawned, log_file, pumped)
+            returncode = await process.wait()
+            # Its last words (a traceback, say) before the news of its exit.
+            with trio.move_on_after(1.0):
+                await pumped.wait()
+            pumps.cancel_scope.cancel()
         spawned.last_returncode = returncode
         spawned.exited.set()
         log.log(logging.INFO if returncode == 0 else logging.WARNING,
@@ -141,11 +210,23 @@ async def _watch(coord: Coordinator, spawned: SpawnedAgent,
         if process.stdin is not None:
             with trio.CancelScope(shield=True):
                 await process.stdin.aclose()
+        if log_file is not None:
+            log_file.close()
         spawned.exited.set()
 
 
+async def _pump(stream: trio.abc.ReceiveStream, spawned: SpawnedAgent, log_file: IO[str],
+                done: trio.Event) -> None:
+    try:
+        async with stream:
+            await pump_agent_output(stream, spawned.agent_id, log_file, spawned.echo_level)
+    finally:
+        done.set()
+
+
 async def spawn_agent(coord: Coordinator, agent_id: str, types: list[str], certs: str,
-                      server_name: str, extra_args: list[str], threads: int | None) -> None:
+                      server_name: str, extra_args: list[str], threads: int | None,
+                      log_file: str | None = None, echo_level: int = logging.WARNING) -> None:
     """See :meth:`Coordinator.spawn_agent`."""
     from ._agent_host import _check_types
     from ._agents import AGENT_FACTORIES
@@ -173,7 +254,12 @@ async def spawn_agent(coord: Coordinator, agent_id: str, types: list[str], certs
         # Agents sharing a host: idle OpenMP workers should sleep, not spin on
         # cores their neighbours need.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    spawned = SpawnedAgent(agent_id, argv, env)
+    if log_file is not None:
+        directory = os.path.dirname(os.path.abspath(log_file))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"spawn_agent: log_file {log_file!r}: no directory "
+                                    f"{directory!r}")
+    spawned = SpawnedAgent(agent_id, argv, env, log_file, echo_level)
     from ._coordinator import AgentRecord
 
     record = coord._records.get(agent_id)
