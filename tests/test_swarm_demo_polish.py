@@ -1,5 +1,5 @@
-"""How the demo reads: agent logs to a file with errors still shown, the
-correlation cadence."""
+"""How the demo reads: agent logs to a file with errors still shown, status lines
+before the first results, the correlation cadence."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import math
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import trio
 
-from midswarm.swarm._demo import DemoOptions
+from midswarm.swarm._demo import DemoOptions, _Replay
+from midswarm.swarm._market import synthetic_market
 from midswarm.swarm._spawn import pump_agent_output
 
 # Logs like `midswarm agent` does (its own logging set-up), then crashes.
@@ -65,6 +67,30 @@ async def test_agent_output_goes_to_the_file_and_only_what_matters_is_echoed() -
     assert len(everything) == len(logged)
 
 
+def fake_replay() -> tuple[_Replay, SimpleNamespace]:
+    swarm = SimpleNamespace(agents={"pattern_matcher-1": SimpleNamespace(
+        state="connected", restarts=0, actor_restarts=0)})
+    stats = SimpleNamespace(in_flight=3, verdicts=0, adaptations_acked=0)
+    market = synthetic_market(0, assets=1, bars=100)
+    replay = _Replay(swarm, market, DemoOptions(spawn="task"),  # type: ignore[arg-type]
+                     {"pattern_matcher": 1}, {}, lambda line: None)
+    return replay, stats
+
+
+def test_status_lines_before_and_after_the_first_results() -> None:
+    replay, stats = fake_replay()
+    line = replay.status_line(1.0, stats, 0, 1.0)
+    assert "waiting for first results (3 tasks in flight)" in line
+    assert "nan" not in line and "loss n/a" in line
+    replay.latency.add(0.004)
+    replay.latency.add(0.006)
+    line = replay.status_line(2.0, stats, 2, 1.0)
+    assert "tasks/s     2.0 | p50   5.00 ms p99   5.98 ms" in line
+    line = replay.status_line(3.0, stats, 0, 1.0)
+    assert "no demo task finished in the last 1.0 s (3 in flight)" in line
+    assert "nan" not in line
+
+
 def test_correlation_cadence_follows_the_duration() -> None:
     assert DemoOptions().correlation_every == 4.0  # 20 s: every 4 s
     assert DemoOptions(duration=10).correlation_every == 2.0
@@ -87,6 +113,7 @@ async def test_a_short_demo_correlates_and_prints_the_ranking() -> None:
     assert math.fsum(score for _, score in summary.influence) == pytest.approx(1.0)
     ranking = [line for line in lines if line.startswith("strategy influence (")]
     assert len(ranking) == 1 and "every 2 s" in ranking[0]
+    assert not any("nan" in line for line in lines if line.startswith("["))
     startup = next(line for line in lines if line.startswith("startup: "))
     assert "kernel warm-up" in startup
 
