@@ -73,7 +73,8 @@ def fake_replay() -> tuple[_Replay, SimpleNamespace]:
     stats = SimpleNamespace(in_flight=3, verdicts=0, adaptations_acked=0)
     market = synthetic_market(0, assets=1, bars=100)
     replay = _Replay(swarm, market, DemoOptions(spawn="task"),  # type: ignore[arg-type]
-                     {"pattern_matcher": 1}, {}, lambda line: None)
+                     {"pattern_matcher": 1, "feature_engineer": 1, "neural_trainer": 1}, {},
+                     lambda line: None)
     return replay, stats
 
 
@@ -81,7 +82,7 @@ def test_status_lines_before_and_after_the_first_results() -> None:
     replay, stats = fake_replay()
     line = replay.status_line(1.0, stats, 0, 1.0)
     assert "waiting for first results (3 tasks in flight)" in line
-    assert "nan" not in line and "loss n/a" in line
+    assert "nan" not in line and "loss n/a (no step yet)" in line
     replay.latency.add(0.004)
     replay.latency.add(0.006)
     line = replay.status_line(2.0, stats, 2, 1.0)
@@ -89,6 +90,8 @@ def test_status_lines_before_and_after_the_first_results() -> None:
     line = replay.status_line(3.0, stats, 0, 1.0)
     assert "no demo task finished in the last 1.0 s (3 in flight)" in line
     assert "nan" not in line
+    replay.training = False  # no trainer in the swarm: no loss to speak of
+    assert "loss" not in replay.status_line(4.0, stats, 0, 1.0)
 
 
 def test_correlation_cadence_follows_the_duration() -> None:

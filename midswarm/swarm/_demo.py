@@ -383,10 +383,13 @@ class _Replay:
         else:
             work = (f"tasks/s {completed / max(interval, 1e-9):7.1f} | no demo task finished "
                     f"in the last {interval:.1f} s ({stats.in_flight} in flight)")
-        loss = f"{self.server.losses[-1]:.4f}" if self.server.losses else "n/a (no step yet)"
+        loss = ""
+        if self.training:
+            loss = ("loss " + (f"{self.server.losses[-1]:.4f}" if self.server.losses
+                               else "n/a (no step yet)") + " | ")
         return (f"[{elapsed:6.1f}s] agents {live}/{len(agents)} | {work} | "
                 f"restarts {self.restarts()} | verdicts {stats.verdicts} | "
-                f"adaptations {stats.adaptations_acked} | loss {loss} | "
+                f"adaptations {stats.adaptations_acked} | {loss}"
                 f"bars {min(self.bars_done.values())}")
 
 
