@@ -57,7 +57,15 @@ import trio
 
 from ._agent_matcher import MATCHER_LIMITS, check_matcher_parameters
 from ._config import DEFAULT_COMPOSITION, SwarmConfig, check_composition
-from ._demo_stats import ArmStats, DemoSummary, LatencyWindow, percentile
+from ._demo_stats import (
+    ARM_OFF,
+    ARM_ON,
+    ArmStats,
+    DemoSummary,
+    LatencyWindow,
+    percentile,
+    summarise_replay,
+)
 from ._embed import Swarm, open_swarm
 from ._market import MarketData, load_csv, synthetic_market
 from ._protocol import (
@@ -89,8 +97,6 @@ AGENT_LOG = "agents.log"
 # Agents warm their kernels up before they connect; after a change to the
 # kernels numba compiles them all, in every agent process at once.
 _READY_TIMEOUT = 900.0
-ARM_ON = "learning on"
-ARM_OFF = "learning off"
 
 
 @attrs.frozen(kw_only=True)
@@ -486,8 +492,8 @@ async def run_demo(options: DemoOptions | None = None,
                     await replay.correlate()  # the signals that came in since the last
                 nursery.cancel_scope.cancel()
         elapsed = trio.current_time() - started
-        summary = _summarise(replay, swarm, options, composition, startup, elapsed,
-                             stopped_by)
+        summary = summarise_replay(replay, swarm, options, composition, startup, elapsed,
+                                   stopped_by)
         summary.startup_includes = includes
         summary.store_dir = store_dir
         summary.agent_log = agent_log
@@ -497,52 +503,3 @@ async def run_demo(options: DemoOptions | None = None,
         out(line)
     return summary
 
-
-def _summarise(replay: _Replay, swarm: Swarm, options: DemoOptions,
-               composition: dict[str, int], startup: float, elapsed: float,
-               stopped_by: str) -> DemoSummary:
-    if ARM_ON in replay.arms:
-        # The matchers' own parameters, as the coordinator last saw them; each
-        # matcher is adapted on its own, so name them when they differ.
-        seen = {agent_id: {k: v for k, v in info.parameters.get("pattern_matcher", {}).items()
-                           if k in MATCHER_LIMITS}
-                for agent_id, info in sorted(swarm.agents.items())
-                if "pattern_matcher" in info.types}
-        distinct = {tuple(sorted(p.items())) for p in seen.values()}
-        if len(distinct) == 1:
-            replay.arms[ARM_ON].parameters = next(iter(seen.values()))
-        else:
-            replay.arms[ARM_ON].parameters = {f"{agent_id}.{k}": v for agent_id, p in seen.items()
-                                              for k, v in p.items()}
-    skipped = []
-    if options.learning and not replay.learning:
-        skipped.append("learning loop (no reasoning_bank agent)")
-    if not replay.use_features:
-        skipped.append("features, MLP training and strategy correlation (no feature_engineer)")
-    elif not replay.training:
-        skipped.append("MLP training (no neural_trainer agent)")
-    if replay.use_features and not replay.correlating:
-        skipped.append("strategy correlation (no correlator agent)")
-    stats = swarm.stats
-    losses = replay.server.losses
-    return DemoSummary(
-        source=replay.market.source, spawn=options.spawn, agents=composition,
-        startup_s=startup, replay_s=elapsed, bars=min(replay.bars_done.values()),
-        assets=len(replay.market.assets), tasks_completed=stats.completed,
-        latency_p50_ms=1000 * percentile(replay.latency.all, 50),
-        latency_p99_ms=1000 * percentile(replay.latency.all, 99),
-        restarts=replay.restarts(), verdicts=stats.verdicts,
-        adaptations_issued=stats.adaptations_issued, adaptations_acked=stats.adaptations_acked,
-        patterns=stats.patterns, arms=list(replay.arms.values()),
-        up_share=replay.up / replay.judged if replay.judged else math.nan,
-        judged_windows=replay.judged, mlp_steps=len(losses),
-        mlp_loss=float(np.mean(losses[-10:])) if losses else math.nan,
-        mlp_zero_loss=(float(np.mean(replay.zero_losses[-10:])) if replay.zero_losses
-                       else math.nan),
-        mlp_stale_rejected=replay.server.stale_rejected,
-        mlp_hit_rate=(replay.mlp_hits / replay.mlp_forecasts if replay.mlp_forecasts
-                      else math.nan),
-        mlp_forecasts=replay.mlp_forecasts, influence=replay.influence,
-        correlations=replay.correlations,
-        correlation_every=options.correlation_every if replay.correlating else math.nan,
-        skipped=skipped, stopped_by=stopped_by)
