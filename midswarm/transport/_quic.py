@@ -151,9 +151,12 @@ class _Machine(_AioQuicConnection):
         super().stop_stream(stream_id, error_code)
         self._ms_mark(stream_id)
 
-    def _ms_on_packets_lost(self, **kwargs: Any) -> None:
-        self._ms_rescan = True
-        self._ms_lost_packets(**kwargs)
+    def _ms_on_packets_lost(self, *, packets: Any, **kwargs: Any) -> None:
+        # aioquic calls this after every ACK, usually with no packet at all.
+        packets = tuple(packets)
+        if packets:
+            self._ms_rescan = True
+            self._ms_lost_packets(packets=packets, **kwargs)
 
     @staticmethod
     def _ms_has_work(stream: _AioStream) -> bool:
@@ -816,10 +819,9 @@ class QuicConnection:
 
     def _process_events(self) -> None:
         machine = self._machine
-        while True:
-            event = machine.next_event()
-            if event is None:
-                return
+        pending = machine._events  # next_event() raises and catches when it is empty
+        while pending:
+            event = pending.popleft()
             kind = type(event)
             if kind is events.StreamDataReceived:
                 self._on_stream_data(event)  # type: ignore[arg-type]
