@@ -356,6 +356,12 @@ async def _serve(coord: Coordinator, conn: Any, trusted: bool) -> None:
     with trio.move_on_after(cfg.hello_timeout) as hello_scope:
         control = MessageStream(await conn.accept_stream())
         raw = await control.receive_message()
+        # A hello may arrive as 0-RTT early data, which an attacker could replay;
+        # act on it only once the handshake has completed (a replayed flight
+        # never completes one).  In-memory connections are complete from birth.
+        wait_handshake = getattr(conn, "wait_handshake", None)
+        if wait_handshake is not None:
+            await wait_handshake()
     if hello_scope.cancelled_caught:
         conn.close(_CLOSE_PROTOCOL, "no hello in time")
         return
