@@ -41,3 +41,26 @@ async def test_serve_streams_serves_a_burst_and_returns_on_close() -> None:
             client.close()
             await returned.wait()
     assert replies == {i: [b">%d" % i] for i in range(300)}
+
+
+async def test_send_message_nowait_sends_whole_frames_or_nothing() -> None:
+    client, server = memory_connection_pair("a1", buffer_chunks=2)
+    sender = MessageStream(await client.open_stream())
+    receiver = MessageStream(await server.accept_stream())
+    assert sender.send_message_nowait(b"one")
+    assert sender.send_message_nowait(b"two")
+    # The peer has two unread chunks: a third would have to wait.
+    assert not sender.send_message_nowait(b"three")
+    assert await receiver.receive_message() == b"one"
+    assert sender.send_message_nowait(b"three")
+    assert [await receiver.receive_message() for _ in range(2)] == [b"two", b"three"]
+    # A stream without a non-blocking write never claims to have sent.
+    plain = MessageStream(trio.testing.memory_stream_pair()[0])
+    assert not plain.send_message_nowait(b"x")
+    await sender.aclose()
+    try:
+        sender.send_message_nowait(b"late")
+    except trio.ClosedResourceError:
+        pass
+    else:
+        raise AssertionError("expected ClosedResourceError")

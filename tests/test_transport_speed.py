@@ -250,3 +250,28 @@ async def test_zero_rtt_requests_are_answered_before_the_handshake_completes(
     # Resumed: identity from the ticket, handler running before the client's Finished.
     assert seen[1] == ("a1", True, False)
     assert seen[2] == ("a1", True, False)
+
+
+async def test_quic_send_all_nowait_respects_the_watermark(certs: Path) -> None:
+    config = QuicConfig(stream_send_watermark=64 * 1024, stream_receive_window=64 * 1024)
+    got = bytearray()
+    may_read, done = trio.Event(), trio.Event()
+
+    async def handler(conn: QuicConnection) -> None:
+        stream = await conn.accept_stream()
+        await may_read.wait()
+        while data := await stream.receive_some():
+            got.extend(data)
+        done.set()
+
+    with trio.fail_after(30):
+        async with quic_pair(handler, certs, config) as (_, conn):
+            stream = await conn.open_stream()
+            assert stream.send_all_nowait(b"a" * 1000)
+            # More than the watermark allows unacknowledged: nothing is written.
+            assert not stream.send_all_nowait(b"b" * (64 * 1024))
+            may_read.set()
+            await stream.send_all(b"c" * 10)
+            await stream.send_eof()
+            await done.wait()
+    assert bytes(got) == b"a" * 1000 + b"c" * 10

@@ -96,6 +96,26 @@ class MessageStream:
         finally:
             lock.release()
 
+    def send_message_nowait(self, message: bytes | bytearray | memoryview) -> bool:
+        """Send one message now if that needs no waiting; else send nothing.
+
+        Returns ``True`` when the whole frame was handed to the stream, ``False``
+        when :meth:`send_message` would have had to wait (another send is in
+        progress, the stream applies backpressure, or the stream has no
+        non-blocking write).  Raises :class:`ValueError` for an oversized message
+        and what the stream raises when it is closed or broken.  Not a checkpoint.
+        """
+        n = len(message)
+        if n > self.max_message_size:
+            raise ValueError(
+                f"message of {n} bytes exceeds max_message_size={self.max_message_size}")
+        if self._send_broken is not None:
+            raise trio.BrokenResourceError(self._send_broken)
+        send_all_nowait = getattr(self.stream, "send_all_nowait", None)
+        if send_all_nowait is None or self._send_lock.locked():
+            return False
+        return bool(send_all_nowait(_HEADER.pack(n) + bytes(message)))
+
     async def receive_message(self) -> bytes:
         """Receive one whole message.
 

@@ -84,6 +84,18 @@ class MemoryStream(trio.abc.HalfCloseableStream):
             pipe.readable.unpark_all()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def send_all_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """Queue ``data`` if the peer's buffer has room (``True``), else write
+        nothing (``False``).  Raises like ``send_all``; not a checkpoint."""
+        self._check_send()
+        pipe = self._send
+        if len(pipe.chunks) >= pipe.capacity:
+            return False
+        if data:
+            pipe.chunks.append(bytes(data))
+            pipe.readable.unpark_all()
+        return True
+
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         while len(self._send.chunks) >= self._send.capacity:

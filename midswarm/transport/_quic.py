@@ -349,6 +349,30 @@ class QuicStream(trio.abc.HalfCloseableStream):
         finally:
             self._send_conflict = False
 
+    def send_all_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """Write ``data`` now if that needs no waiting, else write nothing.
+
+        Returns ``True`` when the data was queued for sending (whole), ``False``
+        when ``send_all`` would have had to wait (another task is sending, or the
+        stream's unacknowledged bytes would pass the send watermark).  Raises
+        like ``send_all`` on a closed or broken stream.  Not a checkpoint: it
+        lets code that must not block (an actor answering a remote ask) skip a
+        hand-off to a writer task in the common case.
+        """
+        if self._closed or self._send_closed:
+            raise trio.ClosedResourceError("stream was closed for sending")
+        broken = self._send_broken()
+        if broken is not None:
+            raise broken
+        conn = self._conn
+        if (self._send_conflict
+                or conn._machine.unacked_bytes(self.stream_id) + len(data)
+                > conn.config.stream_send_watermark):
+            return False
+        conn._machine.send_stream_data(self.stream_id, bytes(data))
+        conn._transmit_soon()
+        return True
+
     async def _wait_send_capacity(self, watermark: int) -> None:
         conn = self._conn
         while True:
