@@ -12,8 +12,9 @@ from ._endpoint import QuicListener, connect_quic, serve_quic
 from ._errors import ConnectionClosed, ProtocolError
 from ._framing import DEFAULT_MAX_MESSAGE_SIZE, FRAMING_ERROR_CODE, MessageStream
 from ._memory import MemoryConnection, MemoryStream, memory_connection_pair
-from ._quic import QuicConnection, QuicStream
+from ._quic import QuicConnection
 from ._serve import serve_streams
+from ._stream import QuicStream
 from ._tickets import SessionTicketStore
 from ._tls import (
     CertificateError,

@@ -14,8 +14,9 @@ import trio
 from ..cli import command
 from ._endpoint import connect_quic, serve_quic
 from ._framing import MessageStream
-from ._quic import QuicConnection, QuicStream
+from ._quic import QuicConnection
 from ._serve import serve_streams
+from ._stream import QuicStream
 from ._tls import ClientTLS, ServerTLS, make_dev_certs
 
 

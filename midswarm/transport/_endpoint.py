@@ -40,7 +40,8 @@ from aioquic.quic.packet import (
 from .._util import open_service_nursery
 from ._config import QuicConfig
 from ._errors import ConnectionClosed
-from ._quic import QuicConnection, _Machine
+from ._machine import Machine
+from ._quic import QuicConnection
 from ._tickets import SessionTicketStore, _ServerTickets
 from ._tls import ClientTLS, ServerTLS
 from ._udp import MIN_DATAGRAM_SIZE, forbid_fragmentation, max_datagram_to, path_max_datagram_size
@@ -341,7 +342,7 @@ async def serve_quic(
                 if cfg.max_datagram_size is None:
                     conf = dataclasses.replace(
                         qconf, max_datagram_size=max_datagram_to(family, addr))
-                machine = _Machine(
+                machine = Machine(
                     config=cfg,
                     request_client_cert=client_ca is not None,
                     configuration=conf,
@@ -438,7 +439,7 @@ async def connect_quic(
             qconf.load_cert_chain(tls.cert, tls.key)
         if session_tickets is not None:
             qconf.session_ticket = session_tickets.get(tls.server_name)
-        machine = _Machine(
+        machine = Machine(
             config=cfg,
             configuration=qconf,
             session_ticket_handler=session_tickets.add if session_tickets is not None

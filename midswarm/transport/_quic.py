@@ -1,11 +1,13 @@
-"""QUIC connections and streams: aioquic's sans-I/O state machine driven by Trio.
+"""QUIC connections: aioquic's sans-I/O state machine driven by Trio.
 
 Theory of operation
 -------------------
 aioquic's :class:`~aioquic.quic.connection.QuicConnection` is a pure state
-machine.  Three things feed it: datagrams from the network, calls from the
-application (stream writes, resets, close) and its timer.  After each of them
-we do the same two steps, :meth:`QuicConnection._pump`:
+machine (our subclass, with its stream limits, windows, pacing and stream
+scheduling, is in ``_machine.py``; streams are in ``_stream.py``).  Three
+things feed it: datagrams from the network, calls from the application (stream
+writes, resets, close) and its timer.  After each of them we do the same two
+steps, :meth:`QuicConnection._pump`:
 
 1. drain ``next_event()`` into our stream objects (data, resets, handshake
    completion, termination) and wake whoever waits on them;
@@ -17,12 +19,15 @@ Everything runs in the Trio thread, and steps 1-2 never await, so the state
 machine is never seen half-updated and needs no lock.  The one task per
 connection (:meth:`QuicConnection._run_timer`) sleeps until that deadline (or the
 keep-alive instant) and then calls ``handle_timer`` — there are no polling
-sleeps.  One clock: ``trio.current_time()``.
+sleeps.  One clock: ``trio.current_time()``.  Two refinements keep the
+latency path short: after a receive, the transmit waits until the woken
+readers had their turn (their reply carries our ACK), and writes that come in
+bursts share one transmit in the next scheduling round.
 
 Flow control: aioquic grows a stream's receive window as data *arrives*, which
 would let a fast peer fill our memory while the reader is slow.  Our subclass
-(:class:`_Machine`) grows it only as the application *consumes* data, so each
-stream buffers at most ``QuicConfig.stream_receive_window`` bytes.  aioquic's
+(``Machine``) grows it only as the application *consumes* data, so each stream
+buffers at most ``QuicConfig.stream_receive_window`` bytes.  aioquic's
 send buffer is unbounded; :meth:`QuicStream.send_all` waits while more than
 ``QuicConfig.stream_send_watermark`` bytes are unacknowledged.
 """
@@ -30,7 +35,6 @@ send buffer is unbounded; :meth:`QuicStream.send_all` waits while more than
 from __future__ import annotations
 
 import math
-import operator
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -38,29 +42,19 @@ from typing import TYPE_CHECKING, Any
 import trio
 from aioquic import tls
 from aioquic.quic import events
-from aioquic.quic.connection import (
-    MAX_STREAM_DATA_FRAME_CAPACITY,
-    QuicFrameType,
-)
-from aioquic.quic.connection import (
-    QuicConnection as _AioQuicConnection,
-)
-from aioquic.quic.recovery import QuicPacketPacer
-from aioquic.quic.stream import QuicStream as _AioStream
-from aioquic.tls import State as TlsState
 
 from ._config import QuicConfig
 from ._errors import ConnectionClosed
+from ._stream import QuicStream
 from ._tls import CertificateError, certificate_identity, verify_client_certificate
 from ._udp import max_datagram_to
 
 if TYPE_CHECKING:
     from ._endpoint import _Endpoint
+    from ._machine import Machine
 
-__all__ = ["QuicConnection", "QuicStream", "APPLICATION_ERROR_CLOSED"]
+__all__ = ["QuicConnection", "QuicStream"]
 
-#: Application error code for a stream reset because its owner closed it early.
-APPLICATION_ERROR_CLOSED = 0x1
 #: Error code for CONNECTION_CLOSE when client authentication fails.
 _AUTH_FAILED = 0x2
 
@@ -70,459 +64,12 @@ _NO_ERROR = 0
 #: Writes closer together than this are treated as a burst and coalesced.
 _BURST_GAP = 50e-6
 
-#: Timers wake at best with millisecond precision (epoll); see _GranularPacer.
-_TIMER_GRANULARITY = 0.002
-
-
-class _GranularPacer(QuicPacketPacer):
-    """aioquic's token-bucket pacer, with bursts sized to the timer precision.
-
-    aioquic caps a burst at 16 packets.  Our timer task cannot wake sooner than
-    about a millisecond after it asked to (epoll counts whole milliseconds), so
-    with that cap a paced sender can never exceed 16 packets per millisecond —
-    23 MB/s at 1452-byte datagrams — however large its congestion window.  Let
-    the bucket hold as much as the pacing rate sends in two timer periods.
-    """
-
-    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
-        super().update_rate(congestion_window, smoothed_rtt)
-        if self.packet_time is not None:
-            rate = congestion_window / max(smoothed_rtt, 1e-6)
-            burst = min(_TIMER_GRANULARITY, congestion_window / 2 / rate)
-            if burst > self.bucket_max:
-                self.bucket_max = burst
-
-
-def _sid(stream: _AioStream) -> int:
-    # aioquic types stream_id as optional (crypto streams have none); ours all do.
-    return stream.stream_id  # type: ignore[return-value]
-
-
-class _Machine(_AioQuicConnection):
-    """aioquic's state machine with our stream limits and receive windows."""
-
-    def __init__(self, *, config: QuicConfig, request_client_cert: bool = False,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # aioquic hard-codes 128; it replenishes one per finished stream, so this
-        # is the number of peer-opened streams open at once.
-        for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
-            # ``sent`` too: the initial value travels in the transport parameters,
-            # and aioquic only announces increases over what it thinks it sent.
-            limit.value = limit.sent = config.max_concurrent_streams
-        self._ms_window = config.stream_receive_window
-        self._ms_request_client_cert = request_client_cert
-        self._loss._pacer = _GranularPacer(max_datagram_size=self._max_datagram_size)
-        # stream id -> bytes the application has read
-        self.ms_consumed: dict[int, int] = {}
-        # streams that may need a frame, in service order (see _write_application)
-        self.ms_active: dict[int, _AioStream] = {}
-        self.ms_closing: dict[int, _AioStream] = {}
-        self.ms_received = False  # a datagram arrived since closing streams were checked
-        self._ms_rescan = False
-        self._ms_lost_packets = self._loss._on_packets_lost
-        self._loss._on_packets_lost = self._ms_on_packets_lost  # type: ignore[method-assign]
-
-    # --- serving only the streams that need it --------------------------------------
-    #
-    # aioquic's _write_application visits every open stream for every packet it
-    # builds (once for flow-control limits, once for data), which makes each
-    # packet cost O(open streams): with 1000 streams, milliseconds.  We keep the
-    # set of streams that can need a frame — written to, reset or stopped by us,
-    # owed a window update, closing but not yet finished, or new — and show
-    # aioquic only those, by swapping its stream table for the duration of the
-    # call.  A lost packet can make any stream need a retransmission, so a loss
-    # puts every stream back in view once.
-
-    def _ms_mark(self, stream_id: int) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is not None:
-            self.ms_active[stream_id] = stream
-
-    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        super().send_stream_data(stream_id, data, end_stream)
-        self._ms_mark(stream_id)
-
-    def reset_stream(self, stream_id: int, error_code: int) -> None:
-        super().reset_stream(stream_id, error_code)
-        self._ms_mark(stream_id)
-
-    def stop_stream(self, stream_id: int, error_code: int) -> None:
-        super().stop_stream(stream_id, error_code)
-        self._ms_mark(stream_id)
-
-    def _ms_on_packets_lost(self, *, packets: Any, **kwargs: Any) -> None:
-        # aioquic calls this after every ACK, usually with no packet at all.
-        packets = tuple(packets)
-        if packets:
-            self._ms_rescan = True
-            self._ms_lost_packets(packets=packets, **kwargs)
-
-    @staticmethod
-    def _ms_has_work(stream: _AioStream) -> bool:
-        sender = stream.sender
-        return (not sender.buffer_is_empty or sender.reset_pending
-                or stream.receiver.stop_pending
-                or stream.max_stream_data_local_sent != stream.max_stream_data_local)
-
-    @staticmethod
-    def _ms_is_closing(stream: _AioStream) -> bool:
-        # Closing streams must be seen once finished, so that aioquic discards
-        # them (which also lets the peer open another).  They finish only when
-        # a packet arrives (an ACK, a FIN, a reset), so they are shown to aioquic
-        # only on the first packet built after a receive.
-        sender = stream.sender
-        return (sender._buffer_fin is not None or sender._reset_error_code is not None
-                or stream.receiver.is_finished)
-
-    def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
-        streams = self._streams
-        active = self.ms_active
-        if self._streams_queue:  # streams aioquic created since the last call
-            for stream in self._streams_queue:
-                active[_sid(stream)] = stream
-        if self._ms_rescan:
-            self._ms_rescan = False
-            view = dict(streams)
-        else:
-            view = dict(active)
-        if self.ms_received:
-            self.ms_received = False
-            view.update(self.ms_closing)
-        shown = list(view)
-        self._streams = view
-        self._streams_queue = list(view.values())
-        try:
-            super()._write_application(builder, network_path, now)
-        finally:
-            order = self._streams_queue
-            self._streams = streams
-            self._streams_queue = []
-            closing = self.ms_closing
-            for sid in shown:
-                if sid not in view:  # finished: aioquic discarded it from the view
-                    streams.pop(sid, None)
-                    closing.pop(sid, None)
-            new_active: dict[int, _AioStream] = {}
-            for stream in order:
-                sid = _sid(stream)
-                if sid not in view:
-                    continue
-                if self._ms_has_work(stream):
-                    new_active[sid] = stream
-                    closing.pop(sid, None)
-                elif self._ms_is_closing(stream):
-                    closing[sid] = stream
-            self.ms_active = new_active
-
-    def _initialize(self, peer_cid: bytes) -> None:
-        super()._initialize(peer_cid)
-        if self._ms_request_client_cert:
-            # aioquic has the switch but documents it as test-only: it asks for a
-            # client certificate and does not verify it; we verify after the
-            # handshake (see QuicConnection._on_handshake).
-            self.tls._request_client_certificate = True
-            # ... and then expects a certificate even when the client resumed
-            # with a PSK (it rightly sent no CertificateRequest then), failing
-            # the handshake.  A resumed session goes straight to Finished.
-            context = self.tls
-            handle_hello = context._server_handle_hello
-
-            def server_handle_hello(*args: Any, **kwargs: Any) -> None:
-                handle_hello(*args, **kwargs)
-                if (context.session_resumed
-                        and context.state == TlsState.SERVER_EXPECT_CERTIFICATE):
-                    context._server_expect_finished()
-
-            context._server_handle_hello = server_handle_hello  # type: ignore[method-assign]
-
-    def _write_stream_limits(self, builder: Any, space: Any, stream: _AioStream) -> None:
-        if not stream.max_stream_data_local:
-            return
-        window = self._ms_window
-        target = self.ms_consumed.get(_sid(stream), 0) + window
-        # Announce a bigger window only once a quarter of it was read, so that a
-        # steady reader causes one MAX_STREAM_DATA per quarter window.
-        if target - stream.max_stream_data_local >= window >> 2:
-            stream.max_stream_data_local = target
-        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
-            buf = builder.start_frame(
-                QuicFrameType.MAX_STREAM_DATA,
-                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
-                handler=self._on_max_stream_data_delivery,
-                handler_args=(stream,),
-            )
-            buf.push_uint_var(stream.stream_id)
-            buf.push_uint_var(stream.max_stream_data_local)
-            stream.max_stream_data_local_sent = stream.max_stream_data_local
-
-    def window_update_due(self, stream_id: int) -> bool:
-        stream = self._streams.get(stream_id)
-        if stream is None or not stream.max_stream_data_local:
-            return False
-        target = self.ms_consumed.get(stream_id, 0) + self._ms_window
-        if target - stream.max_stream_data_local >= self._ms_window >> 2:
-            self.ms_active[stream_id] = stream
-            return True
-        return False
-
-    def unacked_bytes(self, stream_id: int) -> int:
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            return 0
-        sender = stream.sender
-        return sender._buffer_stop - sender._buffer_start
-
-
-class QuicStream(trio.abc.HalfCloseableStream):
-    """A bidirectional QUIC stream with the Trio stream interface.
-
-    ``send_all`` waits while the stream's unacknowledged bytes exceed the send
-    watermark (the peer's flow-control window or congestion keeps them there).
-    ``receive_some`` returns ``b""`` once the peer sent FIN.  A peer's
-    RESET_STREAM (on receive) or STOP_SENDING (on send) raises
-    :class:`trio.BrokenResourceError` whose ``error_code`` attribute carries the
-    peer's code; so does a closed connection.  Cancelling a blocked
-    ``send_all``/``receive_some`` leaves the connection usable.
-    """
-
-    def __init__(self, conn: QuicConnection, stream_id: int) -> None:
-        self._conn = conn
-        self.stream_id = stream_id
-        self._rbuf = bytearray()
-        self._eof = False
-        self._reset_code: int | None = None  # peer reset its sending side
-        self._stop_code: int | None = None  # peer asked us to stop sending
-        self._send_closed = False
-        self._closed = False
-        self._recv_lot = trio.lowlevel.ParkingLot()
-        self._send_lot = trio.lowlevel.ParkingLot()
-        self._send_conflict = False
-        self._recv_conflict = False
-
-    def __repr__(self) -> str:
-        return f"<QuicStream {self.stream_id}>"
-
-    @property
-    def atomic_send_limit(self) -> int:
-        """``send_all`` of at most this many bytes either writes all of them or,
-        if cancelled or failed, none."""
-        return self._conn.config.stream_send_watermark
-
-    @property
-    def connection(self) -> QuicConnection:
-        return self._conn
-
-    # --- sending ------------------------------------------------------------------
-
-    def _send_broken(self) -> trio.BrokenResourceError | None:
-        if self._stop_code is not None:
-            exc = trio.BrokenResourceError(
-                f"peer stopped stream {self.stream_id} (code {self._stop_code})")
-            exc.error_code = self._stop_code  # type: ignore[attr-defined]
-            return exc
-        return self._conn._broken_error()
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._send_conflict:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._send_conflict = True
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if self._closed or self._send_closed:
-                raise trio.ClosedResourceError("stream was closed for sending")
-            conn = self._conn
-            watermark = conn.config.stream_send_watermark
-            view = memoryview(data).cast("B")
-            pos, total = 0, len(view)
-            while True:
-                await self._wait_send_capacity(watermark)
-                # Chunks of at most one watermark keep memory bounded even for a
-                # single huge write.
-                chunk = view[pos:pos + watermark]
-                conn._machine.send_stream_data(self.stream_id, bytes(chunk))
-                pos += len(chunk)
-                conn._transmit_soon()
-                if pos >= total:
-                    break
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        finally:
-            self._send_conflict = False
-
-    def send_all_nowait(self, data: bytes | bytearray | memoryview) -> bool:
-        """Write ``data`` now if that needs no waiting, else write nothing.
-
-        Returns ``True`` when the data was queued for sending (whole), ``False``
-        when ``send_all`` would have had to wait (another task is sending, or the
-        stream's unacknowledged bytes would pass the send watermark).  Raises
-        like ``send_all`` on a closed or broken stream.  Not a checkpoint: it
-        lets code that must not block (an actor answering a remote ask) skip a
-        hand-off to a writer task in the common case.
-        """
-        if self._closed or self._send_closed:
-            raise trio.ClosedResourceError("stream was closed for sending")
-        broken = self._send_broken()
-        if broken is not None:
-            raise broken
-        conn = self._conn
-        if (self._send_conflict
-                or conn._machine.unacked_bytes(self.stream_id) + len(data)
-                > conn.config.stream_send_watermark):
-            return False
-        conn._machine.send_stream_data(self.stream_id, bytes(data))
-        conn._transmit_soon()
-        return True
-
-    async def _wait_send_capacity(self, watermark: int) -> None:
-        conn = self._conn
-        while True:
-            if self._closed:
-                raise trio.ClosedResourceError("stream was closed")
-            broken = self._send_broken()
-            if broken is not None:
-                raise broken
-            if conn._machine.unacked_bytes(self.stream_id) < watermark:
-                return
-            conn._send_waiters.add(self)
-            try:
-                await self._send_lot.park()
-            finally:
-                conn._send_waiters.discard(self)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        if self._send_conflict:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._send_conflict = True
-        try:
-            await trio.lowlevel.checkpoint()
-            await self._wait_send_capacity(self._conn.config.stream_send_watermark)
-        finally:
-            self._send_conflict = False
-
-    async def send_eof(self) -> None:
-        """Send FIN: the peer's reader sees end of stream after the data sent so far."""
-        if self._send_conflict:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        await trio.lowlevel.checkpoint()
-        if self._closed:
-            raise trio.ClosedResourceError("stream was closed")
-        if self._send_closed:
-            return
-        broken = self._send_broken()
-        if broken is not None:
-            raise broken
-        self._send_closed = True
-        self._conn._machine.send_stream_data(self.stream_id, b"", end_stream=True)
-        self._conn._pump()
-
-    # --- receiving ----------------------------------------------------------------
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._recv_conflict:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        if max_bytes is not None:
-            max_bytes = operator.index(max_bytes)
-            if max_bytes < 1:
-                raise ValueError("max_bytes must be >= 1")
-        self._recv_conflict = True
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            parked = False
-            while True:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream was closed")
-                if self._rbuf:
-                    break
-                if self._reset_code is not None:
-                    exc = trio.BrokenResourceError(
-                        f"peer reset stream {self.stream_id} (code {self._reset_code})")
-                    exc.error_code = self._reset_code  # type: ignore[attr-defined]
-                    raise exc
-                if self._eof:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                    return b""
-                broken = self._conn._broken_error()
-                if broken is not None:
-                    raise broken
-                await self._recv_lot.park()
-                parked = True
-            buf = self._rbuf
-            if max_bytes is None or max_bytes >= len(buf):
-                data = bytes(buf)
-                buf.clear()
-            else:
-                data = bytes(buf[:max_bytes])
-                del buf[:max_bytes]
-            self._conn._consumed(self.stream_id, len(data))
-            if not parked:  # parking was our schedule point already
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
-        finally:
-            self._recv_conflict = False
-
-    # --- closing ------------------------------------------------------------------
-
-    async def abort(self, error_code: int, reason: str = "") -> None:
-        """Close both directions abruptly: RESET_STREAM our side and STOP_SENDING
-        theirs with ``error_code``.  ``reason`` is for our logs only (QUIC streams
-        carry no reason text)."""
-        self._abort(error_code)
-        await trio.lowlevel.checkpoint()
-
-    def _abort(self, error_code: int) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        conn = self._conn
-        if not conn._terminated:
-            machine = conn._machine
-            try:
-                if not self._send_closed:
-                    machine.reset_stream(self.stream_id, error_code)
-                if not self._eof and self._reset_code is None:
-                    machine.stop_stream(self.stream_id, error_code)
-            except ValueError:
-                pass  # the stream never existed on the wire, or is already finished
-            conn._pump()
-        self._wake()
-        conn._forget(self)
-
-    async def aclose(self) -> None:
-        """Close the stream.
-
-        Sends FIN if we had not, and if the peer's data was not read to the end,
-        asks the peer to stop sending.  Never blocks for long.
-        """
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        conn = self._conn
-        if not conn._terminated:
-            machine = conn._machine
-            try:
-                if not self._send_closed and self._stop_code is None:
-                    self._send_closed = True
-                    machine.send_stream_data(self.stream_id, b"", end_stream=True)
-                if not self._eof and self._reset_code is None:
-                    machine.stop_stream(self.stream_id, APPLICATION_ERROR_CLOSED)
-            except (ValueError, RuntimeError):
-                pass
-            conn._pump()
-        self._closed = True
-        self._wake()
-        conn._forget(self)
-        await trio.lowlevel.checkpoint()
-
-    def _wake(self) -> None:
-        self._recv_lot.unpark_all()
-        self._send_lot.unpark_all()
-
 
 class QuicConnection:
     """One QUIC connection.  Made by :func:`serve_quic` (given to the handler)
     and :func:`connect_quic`; not constructed directly."""
 
-    def __init__(self, endpoint: _Endpoint, machine: _Machine, config: QuicConfig,
+    def __init__(self, endpoint: _Endpoint, machine: Machine, config: QuicConfig,
                  addr: Any, *, is_client: bool, client_ca: str | None = None) -> None:
         self._endpoint = endpoint
         self._machine = machine

@@ -1,0 +1,224 @@
+"""aioquic's state machine with midswarm's stream limits, receive windows,
+pacing and stream scheduling (see the theory of operation in ``_quic.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aioquic.quic.connection import (
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    QuicFrameType,
+)
+from aioquic.quic.connection import (
+    QuicConnection as _AioQuicConnection,
+)
+from aioquic.quic.recovery import QuicPacketPacer
+from aioquic.quic.stream import QuicStream as _AioStream
+from aioquic.tls import State as TlsState
+
+from ._config import QuicConfig
+
+__all__ = ["Machine"]
+
+#: Timers wake at best with millisecond precision (epoll); see _GranularPacer.
+_TIMER_GRANULARITY = 0.002
+
+
+class _GranularPacer(QuicPacketPacer):
+    """aioquic's token-bucket pacer, with bursts sized to the timer precision.
+
+    aioquic caps a burst at 16 packets.  Our timer task cannot wake sooner than
+    about a millisecond after it asked to (epoll counts whole milliseconds), so
+    with that cap a paced sender can never exceed 16 packets per millisecond —
+    23 MB/s at 1452-byte datagrams — however large its congestion window.  Let
+    the bucket hold as much as the pacing rate sends in two timer periods.
+    """
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        super().update_rate(congestion_window, smoothed_rtt)
+        if self.packet_time is not None:
+            rate = congestion_window / max(smoothed_rtt, 1e-6)
+            burst = min(_TIMER_GRANULARITY, congestion_window / 2 / rate)
+            if burst > self.bucket_max:
+                self.bucket_max = burst
+
+
+def _sid(stream: _AioStream) -> int:
+    # aioquic types stream_id as optional (crypto streams have none); ours all do.
+    return stream.stream_id  # type: ignore[return-value]
+
+
+class Machine(_AioQuicConnection):
+    """aioquic's state machine with our stream limits and receive windows."""
+
+    def __init__(self, *, config: QuicConfig, request_client_cert: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # aioquic hard-codes 128; it replenishes one per finished stream, so this
+        # is the number of peer-opened streams open at once.
+        for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
+            # ``sent`` too: the initial value travels in the transport parameters,
+            # and aioquic only announces increases over what it thinks it sent.
+            limit.value = limit.sent = config.max_concurrent_streams
+        self._ms_window = config.stream_receive_window
+        self._ms_request_client_cert = request_client_cert
+        self._loss._pacer = _GranularPacer(max_datagram_size=self._max_datagram_size)
+        # stream id -> bytes the application has read
+        self.ms_consumed: dict[int, int] = {}
+        # streams that may need a frame, in service order (see _write_application)
+        self.ms_active: dict[int, _AioStream] = {}
+        self.ms_closing: dict[int, _AioStream] = {}
+        self.ms_received = False  # a datagram arrived since closing streams were checked
+        self._ms_rescan = False
+        self._ms_lost_packets = self._loss._on_packets_lost
+        self._loss._on_packets_lost = self._ms_on_packets_lost  # type: ignore[method-assign]
+
+    # --- serving only the streams that need it --------------------------------------
+    #
+    # aioquic's _write_application visits every open stream for every packet it
+    # builds (once for flow-control limits, once for data), which makes each
+    # packet cost O(open streams): with 1000 streams, milliseconds.  We keep the
+    # set of streams that can need a frame — written to, reset or stopped by us,
+    # owed a window update, closing but not yet finished, or new — and show
+    # aioquic only those, by swapping its stream table for the duration of the
+    # call.  A lost packet can make any stream need a retransmission, so a loss
+    # puts every stream back in view once.
+
+    def _ms_mark(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self.ms_active[stream_id] = stream
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        super().send_stream_data(stream_id, data, end_stream)
+        self._ms_mark(stream_id)
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        super().reset_stream(stream_id, error_code)
+        self._ms_mark(stream_id)
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        super().stop_stream(stream_id, error_code)
+        self._ms_mark(stream_id)
+
+    def _ms_on_packets_lost(self, *, packets: Any, **kwargs: Any) -> None:
+        # aioquic calls this after every ACK, usually with no packet at all.
+        packets = tuple(packets)
+        if packets:
+            self._ms_rescan = True
+            self._ms_lost_packets(packets=packets, **kwargs)
+
+    @staticmethod
+    def _ms_has_work(stream: _AioStream) -> bool:
+        sender = stream.sender
+        return (not sender.buffer_is_empty or sender.reset_pending
+                or stream.receiver.stop_pending
+                or stream.max_stream_data_local_sent != stream.max_stream_data_local)
+
+    @staticmethod
+    def _ms_is_closing(stream: _AioStream) -> bool:
+        # Closing streams must be seen once finished, so that aioquic discards
+        # them (which also lets the peer open another).  They finish only when
+        # a packet arrives (an ACK, a FIN, a reset), so they are shown to aioquic
+        # only on the first packet built after a receive.
+        sender = stream.sender
+        return (sender._buffer_fin is not None or sender._reset_error_code is not None
+                or stream.receiver.is_finished)
+
+    def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
+        streams = self._streams
+        active = self.ms_active
+        if self._streams_queue:  # streams aioquic created since the last call
+            for stream in self._streams_queue:
+                active[_sid(stream)] = stream
+        if self._ms_rescan:
+            self._ms_rescan = False
+            view = dict(streams)
+        else:
+            view = dict(active)
+        if self.ms_received:
+            self.ms_received = False
+            view.update(self.ms_closing)
+        shown = list(view)
+        self._streams = view
+        self._streams_queue = list(view.values())
+        try:
+            super()._write_application(builder, network_path, now)
+        finally:
+            order = self._streams_queue
+            self._streams = streams
+            self._streams_queue = []
+            closing = self.ms_closing
+            for sid in shown:
+                if sid not in view:  # finished: aioquic discarded it from the view
+                    streams.pop(sid, None)
+                    closing.pop(sid, None)
+            new_active: dict[int, _AioStream] = {}
+            for stream in order:
+                sid = _sid(stream)
+                if sid not in view:
+                    continue
+                if self._ms_has_work(stream):
+                    new_active[sid] = stream
+                    closing.pop(sid, None)
+                elif self._ms_is_closing(stream):
+                    closing[sid] = stream
+            self.ms_active = new_active
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        if self._ms_request_client_cert:
+            # aioquic has the switch but documents it as test-only: it asks for a
+            # client certificate and does not verify it; we verify after the
+            # handshake (see QuicConnection._on_handshake).
+            self.tls._request_client_certificate = True
+            # ... and then expects a certificate even when the client resumed
+            # with a PSK (it rightly sent no CertificateRequest then), failing
+            # the handshake.  A resumed session goes straight to Finished.
+            context = self.tls
+            handle_hello = context._server_handle_hello
+
+            def server_handle_hello(*args: Any, **kwargs: Any) -> None:
+                handle_hello(*args, **kwargs)
+                if (context.session_resumed
+                        and context.state == TlsState.SERVER_EXPECT_CERTIFICATE):
+                    context._server_expect_finished()
+
+            context._server_handle_hello = server_handle_hello  # type: ignore[method-assign]
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: _AioStream) -> None:
+        if not stream.max_stream_data_local:
+            return
+        window = self._ms_window
+        target = self.ms_consumed.get(_sid(stream), 0) + window
+        # Announce a bigger window only once a quarter of it was read, so that a
+        # steady reader causes one MAX_STREAM_DATA per quarter window.
+        if target - stream.max_stream_data_local >= window >> 2:
+            stream.max_stream_data_local = target
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=self._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+    def window_update_due(self, stream_id: int) -> bool:
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.max_stream_data_local:
+            return False
+        target = self.ms_consumed.get(stream_id, 0) + self._ms_window
+        if target - stream.max_stream_data_local >= self._ms_window >> 2:
+            self.ms_active[stream_id] = stream
+            return True
+        return False
+
+    def unacked_bytes(self, stream_id: int) -> int:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return sender._buffer_stop - sender._buffer_start
