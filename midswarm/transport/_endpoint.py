@@ -16,7 +16,6 @@ else is dropped.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import socket
@@ -250,8 +249,11 @@ class QuicListener:
             self._scope.cancel()
 
 
-def _base_configuration(config: QuicConfig, *, is_client: bool,
-                        max_datagram_size: int) -> QuicConfiguration:
+def _base_configuration(config: QuicConfig, *, is_client: bool) -> QuicConfiguration:
+    # The handshake runs with the smallest datagram QUIC allows: Initial
+    # datagrams are padded to the full size and aioquic parses padding a byte at
+    # a time, so 16 KB Initials cost ~0.5 ms each to receive.  Connections grow
+    # to their real size once the handshake completes (QuicConnection).
     return QuicConfiguration(
         is_client=is_client,
         alpn_protocols=[config.alpn],
@@ -260,7 +262,7 @@ def _base_configuration(config: QuicConfig, *, is_client: bool,
         idle_timeout=config.idle_timeout,
         max_data=config.connection_receive_window,
         max_stream_data=config.stream_receive_window,
-        max_datagram_size=max_datagram_size,
+        max_datagram_size=MIN_DATAGRAM_SIZE,
         initial_rtt=config.initial_rtt,
     )
 
@@ -291,8 +293,7 @@ async def serve_quic(
     if tls is None:
         raise TypeError("serve_quic needs tls=ServerTLS(cert, key, ...)")
     cfg = config if config is not None else QuicConfig()
-    qconf = _base_configuration(cfg, is_client=False,
-                                max_datagram_size=cfg.max_datagram_size or MIN_DATAGRAM_SIZE)
+    qconf = _base_configuration(cfg, is_client=False)
     qconf.load_cert_chain(tls.cert, tls.key)
     client_ca = tls.ca if tls.require_client_cert else None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -338,14 +339,10 @@ async def serve_quic(
                     conn._resumed_identity = identity
                     return ticket
 
-                conf = qconf
-                if cfg.max_datagram_size is None:
-                    conf = dataclasses.replace(
-                        qconf, max_datagram_size=max_datagram_to(family, addr))
                 machine = Machine(
                     config=cfg,
                     request_client_cert=client_ca is not None,
-                    configuration=conf,
+                    configuration=qconf,
                     original_destination_connection_id=dcid,
                     session_ticket_fetcher=fetch,
                     # A connection verified early (0-RTT on a resumed session)
@@ -354,7 +351,9 @@ async def serve_quic(
                     session_ticket_handler=lambda t: tickets.add(t, holder, conn.peer_identity),
                 )
                 conn = QuicConnection(endpoint, machine, cfg, addr, is_client=False,
-                                      client_ca=client_ca)
+                                      client_ca=client_ca,
+                                      datagram_size=cfg.max_datagram_size
+                                      or max_datagram_to(family, addr))
                 conn._issued_tickets = holder
                 conn._on_ready = on_ready
                 endpoint.route_add(dcid, conn)
@@ -430,9 +429,7 @@ async def connect_quic(
     try:
         _tune_socket(sock)
         sock.connect(addr)
-        qconf = _base_configuration(
-            cfg, is_client=True,
-            max_datagram_size=cfg.max_datagram_size or path_max_datagram_size(sock))
+        qconf = _base_configuration(cfg, is_client=True)
         qconf.server_name = tls.server_name
         qconf.load_verify_locations(cafile=tls.ca)
         if tls.cert is not None:
@@ -446,7 +443,9 @@ async def connect_quic(
             else None,
         )
         endpoint = _Endpoint(sock, connected=True, gso=cfg.gso)
-        conn = QuicConnection(endpoint, machine, cfg, addr, is_client=True)
+        conn = QuicConnection(endpoint, machine, cfg, addr, is_client=True,
+                              datagram_size=cfg.max_datagram_size
+                              or path_max_datagram_size(sock))
 
         def refused() -> None:
             if not conn.handshake_complete:

@@ -61,6 +61,9 @@ _AUTH_FAILED = 0x2
 _NO_ERROR = 0
 
 
+#: aioquic's initial congestion window, in datagrams.
+_INITIAL_WINDOW_PACKETS = 10
+
 #: Writes closer together than this are treated as a burst and coalesced.
 _BURST_GAP = 50e-6
 
@@ -70,11 +73,14 @@ class QuicConnection:
     and :func:`connect_quic`; not constructed directly."""
 
     def __init__(self, endpoint: _Endpoint, machine: Machine, config: QuicConfig,
-                 addr: Any, *, is_client: bool, client_ca: str | None = None) -> None:
+                 addr: Any, *, is_client: bool, client_ca: str | None = None,
+                 datagram_size: int | None = None) -> None:
         self._endpoint = endpoint
         self._machine = machine
         self.config = config
         self.remote_address = addr
+        #: Datagram size once the handshake is done (it runs at the minimum).
+        self._datagram_size = datagram_size
         self.is_client = is_client
         self._client_ca = client_ca
         self._streams: dict[int, QuicStream] = {}
@@ -292,6 +298,8 @@ class QuicConnection:
         machine = self._machine
         self._pump_seq += 1
         self._process_events()
+        if self._datagram_size is not None and machine._handshake_confirmed:
+            self._grow_datagrams()
         now = trio.current_time()
         space = self._ack_space
         if space is None:
@@ -335,6 +343,23 @@ class QuicConnection:
         size = max_datagram_to(self._endpoint.sock.family, self.remote_address)
         if size < self._machine._max_datagram_size:
             self._machine._max_datagram_size = size
+
+    def _grow_datagrams(self) -> None:
+        """Move from the handshake's minimum datagram to the configured or
+        discovered size, with the congestion window aioquic would have started
+        with at that size.  Called once the handshake is confirmed: before
+        that, datagrams carrying Initial packets are padded to the full size."""
+        size, self._datagram_size = self._datagram_size, None
+        machine = self._machine
+        if size is None or size <= machine._max_datagram_size:
+            return
+        machine._max_datagram_size = size
+        loss = machine._loss
+        loss._pacer._max_datagram_size = size
+        cc = loss._cc
+        if hasattr(cc, "_max_datagram_size"):
+            cc._max_datagram_size = size
+        cc.congestion_window = max(cc.congestion_window, _INITIAL_WINDOW_PACKETS * size)
 
     @property
     def max_datagram_size(self) -> int:
