@@ -16,6 +16,7 @@ else is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import socket
@@ -249,11 +250,21 @@ class QuicListener:
             self._scope.cancel()
 
 
-def _base_configuration(config: QuicConfig, *, is_client: bool) -> QuicConfiguration:
-    # The handshake runs with the smallest datagram QUIC allows: Initial
-    # datagrams are padded to the full size and aioquic parses padding a byte at
-    # a time, so 16 KB Initials cost ~0.5 ms each to receive.  Connections grow
-    # to their real size once the handshake completes (QuicConnection).
+#: Largest datagram used during a handshake (see _handshake_size).
+_HANDSHAKE_DATAGRAM = 1452
+
+
+def _handshake_size(path_size: int) -> int:
+    # Initial datagrams are padded to the full datagram size and aioquic parses
+    # padding a byte at a time (16 KB Initials cost ~0.5 ms each to receive),
+    # while too small a size splits the server's certificate flight into more
+    # packets.  The connection grows to its real size once the handshake is
+    # confirmed (QuicConnection._grow_datagrams).
+    return max(MIN_DATAGRAM_SIZE, min(_HANDSHAKE_DATAGRAM, path_size))
+
+
+def _base_configuration(config: QuicConfig, *, is_client: bool,
+                        handshake_size: int = MIN_DATAGRAM_SIZE) -> QuicConfiguration:
     return QuicConfiguration(
         is_client=is_client,
         alpn_protocols=[config.alpn],
@@ -262,7 +273,7 @@ def _base_configuration(config: QuicConfig, *, is_client: bool) -> QuicConfigura
         idle_timeout=config.idle_timeout,
         max_data=config.connection_receive_window,
         max_stream_data=config.stream_receive_window,
-        max_datagram_size=MIN_DATAGRAM_SIZE,
+        max_datagram_size=handshake_size,
         initial_rtt=config.initial_rtt,
     )
 
@@ -293,7 +304,7 @@ async def serve_quic(
     if tls is None:
         raise TypeError("serve_quic needs tls=ServerTLS(cert, key, ...)")
     cfg = config if config is not None else QuicConfig()
-    qconf = _base_configuration(cfg, is_client=False)
+    qconf = _base_configuration(cfg, is_client=False, handshake_size=_HANDSHAKE_DATAGRAM)
     qconf.load_cert_chain(tls.cert, tls.key)
     client_ca = tls.ca if tls.require_client_cert else None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -339,10 +350,14 @@ async def serve_quic(
                     conn._resumed_identity = identity
                     return ticket
 
+                size = cfg.max_datagram_size or max_datagram_to(family, addr)
+                conf = qconf
+                if _handshake_size(size) != qconf.max_datagram_size:
+                    conf = dataclasses.replace(qconf, max_datagram_size=_handshake_size(size))
                 machine = Machine(
                     config=cfg,
                     request_client_cert=client_ca is not None,
-                    configuration=qconf,
+                    configuration=conf,
                     original_destination_connection_id=dcid,
                     session_ticket_fetcher=fetch,
                     # A connection verified early (0-RTT on a resumed session)
@@ -351,9 +366,7 @@ async def serve_quic(
                     session_ticket_handler=lambda t: tickets.add(t, holder, conn.peer_identity),
                 )
                 conn = QuicConnection(endpoint, machine, cfg, addr, is_client=False,
-                                      client_ca=client_ca,
-                                      datagram_size=cfg.max_datagram_size
-                                      or max_datagram_to(family, addr))
+                                      client_ca=client_ca, datagram_size=size)
                 conn._issued_tickets = holder
                 conn._on_ready = on_ready
                 endpoint.route_add(dcid, conn)
@@ -429,7 +442,8 @@ async def connect_quic(
     try:
         _tune_socket(sock)
         sock.connect(addr)
-        qconf = _base_configuration(cfg, is_client=True)
+        size = cfg.max_datagram_size or path_max_datagram_size(sock)
+        qconf = _base_configuration(cfg, is_client=True, handshake_size=_handshake_size(size))
         qconf.server_name = tls.server_name
         qconf.load_verify_locations(cafile=tls.ca)
         if tls.cert is not None:
@@ -443,9 +457,7 @@ async def connect_quic(
             else None,
         )
         endpoint = _Endpoint(sock, connected=True, gso=cfg.gso)
-        conn = QuicConnection(endpoint, machine, cfg, addr, is_client=True,
-                              datagram_size=cfg.max_datagram_size
-                              or path_max_datagram_size(sock))
+        conn = QuicConnection(endpoint, machine, cfg, addr, is_client=True, datagram_size=size)
 
         def refused() -> None:
             if not conn.handshake_complete:
