@@ -88,28 +88,45 @@ def _number(name: str, value: Any) -> float:
 def check_matcher_parameters(values: Mapping[str, Any], name: str = "parameters"
                              ) -> dict[str, float | int]:
     """Validate matcher parameters: known names, numbers inside :data:`MATCHER_LIMITS`,
-    whole ``window`` and ``k``.  Returns them with ``window``/``k`` as ints.
+    whole ``window`` and ``k``.  Returns them (a new dict) with ``window``/``k`` as ints.
 
     Raises :class:`ValueError` (or :class:`TypeError`) naming the bad entry.
     """
     if not isinstance(values, Mapping):
         raise TypeError(f"{name} must be a mapping, got {type(values).__name__}")
+    # Every pattern task carries the same few parameters, checked by each
+    # matcher and again by the merge: remember the last answers.  The key
+    # holds each value's type, so 1, 1.0 and True are told apart.
+    key: tuple[Any, ...] | None = (name, *((k, type(v), v) for k, v in values.items()))
+    try:
+        known = _CHECKED.get(key)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable value (the check below refuses it)
+        key, known = None, None
+    if known is not None:
+        return dict(known)
     out: dict[str, float | int] = {}
-    for key, value in values.items():
-        if key not in MATCHER_LIMITS:
-            raise ValueError(f"{name}: unknown matcher parameter {key!r} "
+    for key_, value in values.items():
+        if key_ not in MATCHER_LIMITS:
+            raise ValueError(f"{name}: unknown matcher parameter {key_!r} "
                              f"(known: {', '.join(MATCHER_LIMITS)})")
-        number = _number(f"{name}[{key!r}]", value)
-        lo, hi = MATCHER_LIMITS[key]
+        number = _number(f"{name}[{key_!r}]", value)
+        lo, hi = MATCHER_LIMITS[key_]
         if not lo <= number <= hi:
-            raise ValueError(f"{name}[{key!r}] = {value!r} is outside [{lo:g}, {hi:g}]")
-        if key in _WHOLE:
+            raise ValueError(f"{name}[{key_!r}] = {value!r} is outside [{lo:g}, {hi:g}]")
+        if key_ in _WHOLE:
             if not number.is_integer():
-                raise ValueError(f"{name}[{key!r}] must be a whole number, got {value!r}")
-            out[key] = int(number)
+                raise ValueError(f"{name}[{key_!r}] must be a whole number, got {value!r}")
+            out[key_] = int(number)
         else:
-            out[key] = number
-    return out
+            out[key_] = number
+    if key is not None:
+        if len(_CHECKED) >= 64:
+            _CHECKED.clear()
+        _CHECKED[key] = out
+    return dict(out)
+
+
+_CHECKED: dict[tuple[Any, ...], dict[str, float | int]] = {}
 
 
 def similarity_of(distance: float, length: int) -> float:

@@ -4,10 +4,9 @@ Theory of operation
 -------------------
 :func:`open_coordinator` runs, inside one ``async with`` block:
 
-* a supervisor (``coordinator``) owning the ``proxies`` supervisor -- one
-  :class:`~midswarm.swarm._proxy.RemoteActorProxy` per remote actor -- and
-  the ``agent-processes`` supervisor of the agents it spawned itself
-  (:meth:`Coordinator.spawn_agent`), which restarts an agent process that dies;
+* a supervisor (``coordinator``) owning the ``agent-processes`` supervisor
+  of the agents it spawned itself (:meth:`Coordinator.spawn_agent`), which
+  restarts an agent process that dies;
 * a QUIC listener when ``tls`` is given (agents on other processes or hosts),
   and :meth:`Coordinator.attach` for any other connection object with the same
   shape (the in-memory pairs of an embedded swarm): both are served by the
@@ -41,13 +40,11 @@ from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from typing import Any
 
 import attrs
-import outcome
 import trio
 
 from .._util import open_service_nursery
 from ..actors import (
     ActorError,
-    ActorStopped,
     Backoff,
     SupervisionEvent,
     Supervisor,
@@ -71,7 +68,7 @@ from ._protocol import (
     PatternMatchTask,
     Verdicts,
 )
-from ._proxy import Forward, RemoteActor
+from ._proxy import RemoteActor
 from ._records import AgentInfo, AgentRecord, CoordinatorStats
 from ._scatter import PatternShards
 from ._session import AgentSession, serve_connection
@@ -98,7 +95,6 @@ class Coordinator:
         self._library = PatternShards(self._dispatcher, config, store_dir)
         self._predictions = Predictions()
         self._nursery: trio.Nursery | None = None
-        self._proxies: Supervisor | None = None
         self._processes: Supervisor | None = None
         self._process_nursery: trio.Nursery | None = None
         self._listener: Any = None
@@ -210,19 +206,24 @@ class Coordinator:
     async def _scatter(self, task: PatternMatchTask, timeout: float | None) -> PatternMatchResult:
         stats = self._dispatcher.stats
         stats.submitted += 1
-        with trio.move_on_after(math.inf if timeout is None else timeout):
-            try:
-                answer = await self._library.scatter(task)
-            except ActorError:
-                stats.failed += 1
-                raise
-            stats.completed += 1
-            task_id = self._dispatcher.new_task_id()
-            self._predictions.remember(task_id, answer.result, answer.contributors)
-            return answer.result
-        assert timeout is not None
+        if timeout is None:
+            return await self._scatter_once(task)
+        with trio.move_on_after(timeout):
+            return await self._scatter_once(task)
         stats.timed_out += 1
         raise TaskTimeout(0, timeout)
+
+    async def _scatter_once(self, task: PatternMatchTask) -> PatternMatchResult:
+        stats = self._dispatcher.stats
+        try:
+            answer = await self._library.scatter(task)
+        except ActorError:
+            stats.failed += 1
+            raise
+        stats.completed += 1
+        task_id = self._dispatcher.new_task_id()
+        self._predictions.remember(task_id, answer.result, answer.contributors)
+        return answer.result
 
     async def map(self, tasks: Iterable[Any] | AsyncIterable[Any], *,
                   concurrency: int = 64, ordered: bool = False, timeout: float | None = None,
@@ -490,13 +491,7 @@ class Coordinator:
             session.end(f"agent process {pid} exited")
 
     def _observe(self, event: SupervisionEvent) -> None:
-        if event.kind == "message_lost" and isinstance(event.message, Forward):
-            # A proxy was removed with this forward still in its mailbox.
-            fwd: Forward = event.message
-            if fwd.link is not None:
-                fwd.settle(fwd.link, outcome.Error(ActorStopped(
-                    event.child, "the agent's proxy was removed")))
-        elif event.kind in ("failed", "escalated"):
+        if event.kind in ("failed", "escalated"):
             log.warning("supervision: %s %s: %s", event.kind, event.child, event.exception)
 
     async def shutdown(self) -> None:
@@ -552,8 +547,6 @@ async def open_coordinator(port: int = 0, host: str = "127.0.0.1", tls: ServerTL
         try:
             async with open_supervisor(name="coordinator", max_restarts=10, within=10.0,
                                        observer=coord._observe) as sup:
-                coord._proxies = await sup.start_child(SupervisorSpec(
-                    name="proxies", max_restarts=1000, within=10.0, backoff=None))
                 coord._processes = await sup.start_child(SupervisorSpec(
                     name="agent-processes", max_restarts=20, within=60.0,
                     backoff=Backoff(initial=0.2, maximum=5.0), restart="temporary"))

@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 Every task gets an id and a :class:`_TaskState` in the open-task table for as
 long as its caller waits.  An *attempt* sends the task to one remote actor of
-the right type through that actor's proxy (see :mod:`._proxy`); its outcome
-comes back to the task state, tagged with the link it came from.
+the right type over that actor's link (a forwarding task, see :mod:`._proxy`);
+its outcome comes back to the task state, tagged with the link it came from.
 
 Choosing the agent: among the accepting links of the type with a free credit,
 the one with the lowest share of its credit in use (then the one given the
@@ -17,7 +17,7 @@ the type is connected.
 The submit loop (:meth:`Dispatcher.deliver`) reacts to outcomes:
 
 * a result: it is the answer; the task leaves the table;
-* a delivery failure (the stream broke, the agent left, its proxy was removed,
+* a delivery failure (the stream broke, the agent left, its session ended,
   the attempt's hard time limit passed): re-send to another agent, at most
   ``max_attempts`` sends in all, then :class:`TaskUndeliverable`;
 * the actor's own failure (:class:`~midswarm.actors.ActorFailed`: its handler
@@ -248,17 +248,20 @@ class Dispatcher:
         if self._attempts == 0:
             self._idle.set()
 
-    async def send(self, link: RemoteActor, msg: Any, timeout: float | None,
-                   on_settled: Any, *, reserved: bool = True) -> None:
+    def dispatch(self, link: RemoteActor, msg: Any, timeout: float | None,
+                 on_settled: Any, *, reserved: bool = True) -> None:
         """Forward ``msg`` to ``link`` (whose credit the caller reserved when
-        ``reserved``); ``on_settled(link, outcome)`` gets the outcome."""
+        ``reserved``); ``on_settled(link, outcome)`` gets the outcome, possibly
+        before this returns (a link that is gone).  Synchronous, so a caller
+        sending to several links sends to all of them in the same scheduling
+        round."""
         self._attempt_started()
 
         def settled(lnk: RemoteActor, result: outcome.Outcome[Any]) -> None:
             self._attempt_ended()
             on_settled(lnk, result)
 
-        await link.send(Forward(msg, timeout, settled, reserved))
+        link.dispatch(Forward(msg, timeout, settled, reserved))
 
     async def wait_link_idle(self, link: RemoteActor) -> None:
         """Return once nothing holds a credit of ``link``."""
@@ -277,7 +280,7 @@ class Dispatcher:
         """Ask ``link``'s actor directly (no credit, no re-send); raises what the
         ask raised (:class:`ActorFailed`, :class:`ActorUnreachable`, ...)."""
         state = _TaskState(0, 1, self.stats)
-        await self.send(link, msg, timeout, state.on_settled, reserved=False)
+        self.dispatch(link, msg, timeout, state.on_settled, reserved=False)
         _link, result = await state.receive.receive()
         return result.unwrap()
 
@@ -324,7 +327,7 @@ class Dispatcher:
             raise LookupError(f"agent {agent_id!r} has no connected {agent_type}")
         await self.acquire_pinned(link)
         hard = self.config.task_timeout * self.config.max_attempts
-        await self.send(link, msg, hard, state.on_settled)
+        self.dispatch(link, msg, hard, state.on_settled)
         _link, result = await state.receive.receive()
         return result.unwrap()
 
@@ -345,7 +348,7 @@ class Dispatcher:
             outstanding += 1
             if attempts > 1:
                 self.stats.resent += 1
-            await self.send(current, msg, hard, state.on_settled)
+            self.dispatch(current, msg, hard, state.on_settled)
 
         await launch()
         while True:

@@ -1,27 +1,27 @@
-"""The coordinator's side of one remote actor: its link and its proxy actor.
+"""The coordinator's side of one remote actor: its link, and forwards on it.
 
 Theory of operation
 -------------------
 When an agent binds an actor stream, the coordinator wraps the stream in a
 :func:`~midswarm.actors.remote_ref` and records a :class:`RemoteActor` (the
 *link*): who hosts it, its type, its credit and what is in flight on it.
-Every message for that actor then goes through its **proxy**, a
-:class:`RemoteActorProxy` that the coordinator's supervisor owns (one child
-per remote actor, in the ``proxies`` supervisor).
 
-The proxy's mailbox is that remote actor's queue on this side: a
-:class:`Forward` put there is handed to a forwarding task in the agent
-session's nursery, which ``ask``\\ s the remote actor and settles the forward
-with the outcome.  The proxy itself never waits for a reply, so up to
-``credit`` tasks are pipelined on the stream (the agent's actor handles them
-one at a time; pipelining hides the round trip).
+Every message for that actor is a :class:`Forward`.  :meth:`RemoteActor.dispatch`
+starts one forwarding task per forward in the agent session's nursery, at
+once (no await): the task ``ask``\\ s the remote actor and settles the forward
+with the outcome.  So up to ``credit`` tasks are pipelined on the stream (the
+agent's actor handles them one at a time; pipelining hides the round trip),
+and a scatter to several links leaves in one scheduling round.  There is no
+proxy actor in front of a link: its mailbox would add a scheduling round to
+every task and hold nothing a supervisor could usefully restart (the
+forwarding tasks belong to the session, whose end settles them).
 
 Whatever happens, every forward is settled exactly once (:meth:`Forward.settle`):
 with the reply, with the actor's boxed failure, or -- when the stream breaks,
-the session ends, or the proxy is removed with the forward still queued in
-its mailbox -- with :class:`~midswarm.actors.ActorUnreachable` /
-:class:`~midswarm.actors.ActorStopped`, which delivery treats as "re-send
-elsewhere".  Settling releases the credit the forward held.
+the session ends (its nursery, and so the forwarding task, is cancelled) or
+has already ended -- with :class:`~midswarm.actors.ActorUnreachable`, which
+delivery treats as "re-send elsewhere".  Settling releases the credit the
+forward held.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from typing import Any
 import outcome
 import trio
 
-from ..actors import Actor, ActorError, ActorRef, ActorUnreachable
+from ..actors import ActorError, ActorRef, ActorUnreachable
 
-__all__ = ["Forward", "RemoteActor", "RemoteActorProxy"]
+__all__ = ["Forward", "RemoteActor"]
 
 log = logging.getLogger("midswarm.swarm")
 
@@ -55,9 +55,6 @@ class RemoteActor:
         self.credit = credit
         self.nursery = nursery
         self._on_credit = on_credit
-        #: The proxy's ref; set once the proxy child started.
-        self.proxy: ActorRef | None = None
-        self.proxy_child: str | None = None
         #: False once the session ended: no new forwards.
         self.live = True
         #: False while draining or dead: not chosen for new tasks.
@@ -97,20 +94,22 @@ class RemoteActor:
             result = outcome.Value(value)
         fwd.settle(self, result)
 
-    async def send(self, fwd: Forward) -> None:
-        """Hand ``fwd`` to the proxy.  Never raises: a proxy that is gone settles
-        the forward with :class:`ActorStopped`/:class:`ActorUnreachable`."""
+    def dispatch(self, fwd: Forward) -> None:
+        """Start forwarding ``fwd`` (its task runs from the next scheduling round).
+
+        Synchronous and never raises: a link whose session is over (or closing)
+        settles the forward at once with :class:`ActorUnreachable`.
+        """
         fwd.link = self
-        proxy = self.proxy
-        if proxy is None or not self.live:
-            await trio.lowlevel.checkpoint()
+        if not self.live:
             fwd.settle(self, outcome.Error(ActorUnreachable(
                 self.name, "the agent has disconnected")))
             return
         try:
-            await proxy.tell(fwd)
-        except ActorError as exc:
-            fwd.settle(self, outcome.Error(exc))
+            self.nursery.start_soon(self.forward, fwd)
+        except RuntimeError:  # the session's nursery is closing
+            fwd.settle(self, outcome.Error(ActorUnreachable(
+                self.name, "the agent's session is closing")))
 
     def __repr__(self) -> str:
         return (f"<RemoteActor {self.name} in_flight={self.in_flight}/{self.credit} "
@@ -133,7 +132,7 @@ class Forward:
         self.reserved = reserved
         self._on_settled = on_settled
         self.done = False
-        #: The link it was sent to (set by :meth:`RemoteActor.send`).
+        #: The link it was sent to (set by :meth:`RemoteActor.dispatch`).
         self.link: RemoteActor | None = None
 
     def settle(self, link: RemoteActor, result: outcome.Outcome[Any]) -> None:
@@ -151,31 +150,3 @@ class Forward:
             self._on_settled(link, result)
         except Exception:  # a broken callback must not break the session
             log.exception("settling a forward to %s failed", link.name)
-
-
-class RemoteActorProxy(Actor):
-    """The coordinator-side actor standing for one remote actor.
-
-    Handles :class:`Forward` items: starts a forwarding task in the agent
-    session's nursery and returns at once.  Owned by the coordinator's
-    ``proxies`` supervisor; removed (and its queued forwards settled) when
-    the session ends.
-    """
-
-    def __init__(self, link: RemoteActor) -> None:
-        self.link = link
-
-    async def handle(self, msg: Any) -> Any:
-        if not isinstance(msg, Forward):
-            raise TypeError(f"a proxy forwards Forward items, got {type(msg).__name__}")
-        link = self.link
-        if not link.live:
-            msg.settle(link, outcome.Error(ActorUnreachable(link.name,
-                                                            "the agent has disconnected")))
-            return None
-        try:
-            link.nursery.start_soon(link.forward, msg)
-        except RuntimeError:  # the session's nursery is closing
-            msg.settle(link, outcome.Error(ActorUnreachable(
-                link.name, "the agent's session is closing")))
-        return None

@@ -48,7 +48,7 @@ from ..actors import ActorFailed
 from ..reasoning import PatternStore
 from ._agent_matcher import merge_pattern_results
 from ._config import CoordinatorConfig
-from ._delivery import Dispatcher, _TaskState
+from ._delivery import DeliveryStats, Dispatcher
 from ._errors import NoAgentAvailable, TaskUndeliverable
 from ._protocol import PatternLibraryAdd, PatternMatchResult, PatternMatchTask
 from ._proxy import RemoteActor
@@ -69,6 +69,40 @@ class ScatterResult:
     def __init__(self, result: PatternMatchResult, contributors: list[str]) -> None:
         self.result = result
         self.contributors = contributors
+
+
+class _Round:
+    """The outcomes of one scatter round: one per member; ``complete`` is set
+    once all are in, so the scattering task is woken once, not per answer."""
+
+    __slots__ = ("remaining", "answers", "error", "complete", "closed", "answered", "stats")
+
+    def __init__(self, members: int, stats: DeliveryStats) -> None:
+        self.remaining = members
+        self.answers: dict[str, PatternMatchResult] = {}
+        #: The first failure, or the first :class:`ActorFailed` among several.
+        self.error: BaseException | None = None
+        self.complete = trio.Event()
+        self.closed = False
+        self.answered = False
+        self.stats = stats
+
+    def on_settled(self, link: RemoteActor, result: outcome.Outcome[Any]) -> None:
+        if self.closed:  # the caller gave up, or a round was already answered
+            if isinstance(result, outcome.Value):
+                if self.answered:
+                    self.stats.duplicates += 1
+                else:
+                    self.stats.late += 1
+            return
+        if isinstance(result, outcome.Error):
+            if self.error is None or isinstance(result.error, ActorFailed):
+                self.error = result.error
+        else:
+            self.answers[link.name] = result.unwrap()
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.complete.set()
 
 
 class PatternShards:
@@ -301,7 +335,8 @@ class PatternShards:
         last_error: BaseException | None = None
         task_id = dispatcher.new_task_id()
         while True:
-            await self._settled.wait()
+            if not self._settled.is_set():  # (waiting on a set event is a schedule point)
+                await self._settled.wait()
             members = self.members
             if not members:
                 with trio.move_on_after(cfg.agent_wait):
@@ -320,22 +355,18 @@ class PatternShards:
             rounds += 1
             if rounds > 1:
                 dispatcher.stats.resent += 1
-            state = _TaskState(task_id, len(members), dispatcher.stats)
+            gather = _Round(len(members), dispatcher.stats)
             try:
+                # Every member's forward starts in the same scheduling round.
                 for link in members:
-                    await dispatcher.send(link, task, cfg.task_timeout, state.on_settled)
-                answers: dict[str, PatternMatchResult] = {}
-                error: BaseException | None = None
-                for _ in members:
-                    link, result = await state.receive.receive()
-                    if not isinstance(result, outcome.Error):
-                        answers[link.name] = result.unwrap()
-                    elif error is None or isinstance(result.error, ActorFailed):
-                        error = result.error
+                    dispatcher.dispatch(link, task, cfg.task_timeout, gather.on_settled)
+                await gather.complete.wait()
             finally:
-                state.closed = True
+                gather.closed = True
+            answers = gather.answers
+            error = gather.error
             if error is None and epoch == self._epoch:
-                state.answered = True
+                gather.answered = True
                 return self._merge(task, members, answers)
             if isinstance(error, ActorFailed):
                 if failed_once or rounds >= cfg.max_attempts:

@@ -19,17 +19,17 @@ Theory of operation
    an actor name and initial parameters per type, then accepts one actor
    stream per type, each starting with :class:`StreamBind`.
 3. **Session.**  Each actor stream becomes a :func:`~midswarm.actors.remote_ref`
-   and a link (see :mod:`._proxy`) with its proxy under the coordinator's
-   supervisor; the links join delivery, a pattern matcher also joins the
-   library.  Then the control loop runs: heartbeats both ways, acks of
+   and a link (see :mod:`._proxy`) whose forwarding tasks run in the
+   session's nursery; the links join delivery, a pattern matcher also joins
+   the library.  Then the control loop runs: heartbeats both ways, acks of
    adaptation commands, :class:`ActorRestarted` notices.  The control
    stream's messages are checked against
    :data:`~midswarm.swarm._protocol.CONTROL_TRANSITIONS`.
 4. **End.**  When the agent goes silent for ``heartbeat_timeout``, closes or
    breaks the control stream, breaks the protocol, is drained, or its
    process is seen to exit, the links leave delivery first (no new tasks),
-   the connection closes (tasks in flight fail over to other agents), the
-   proxies are removed and the matcher's patterns go to the other members.
+   the connection closes (tasks in flight fail over to other agents) and the
+   matcher's patterns go to the other members.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..actors import ActorError, ChildSpec, remote_ref
+from ..actors import ActorError, remote_ref
 from ..transport import (
     PROTOCOL_VERSION,
     ConnectionClosed,
@@ -60,7 +60,7 @@ from ._protocol import (
     Welcome,
     next_control_state,
 )
-from ._proxy import RemoteActor, RemoteActorProxy
+from ._proxy import RemoteActor
 
 if TYPE_CHECKING:
     from ._coordinator import AgentRecord, Coordinator
@@ -217,13 +217,8 @@ class AgentSession:
                 await self.unregister()
 
     async def register(self) -> None:
-        """Start the proxies, join delivery (and the library, for a matcher)."""
+        """Join delivery (and the library, for a matcher)."""
         coord, session = self.coord, self
-        assert coord._proxies is not None and coord._nursery is not None
-        for link in session.links.values():
-            spec = proxy_spec(link, session.number)
-            link.proxy = await coord._proxies.start_child(spec)
-            link.proxy_child = spec.name
         for agent_type, link in session.links.items():
             if agent_type == "pattern_matcher":
                 continue
@@ -244,7 +239,7 @@ class AgentSession:
         coord._membership_changed()
 
     async def unregister(self) -> None:
-        """Leave delivery and the library; remove the proxies."""
+        """Leave delivery and the library."""
         coord, session = self.coord, self
         record = session.record
         for link in session.links.values():
@@ -253,13 +248,6 @@ class AgentSession:
             record.failed += link.failed
             link.completed = link.failed = 0
         coord._membership_changed()
-        if coord._proxies is not None:
-            for link in session.links.values():
-                if link.proxy_child is not None:
-                    try:
-                        await coord._proxies.stop_child(link.proxy_child)
-                    except (KeyError, ActorError):
-                        pass
         matcher = session.links.get("pattern_matcher")
         if matcher is not None:
             if coord.closing:
@@ -418,10 +406,4 @@ async def _serve(coord: Coordinator, conn: Any, trusted: bool) -> None:
             coord._membership_changed()
         session.ended.set()
         log.info("agent %s disconnected: %s", hello.agent_id, session.end_reason or "closed")
-
-
-def proxy_spec(link: RemoteActor, session_number: int) -> ChildSpec:
-    """The supervisor child spec of ``link``'s proxy."""
-    return ChildSpec(lambda: RemoteActorProxy(link), name=f"{link.name}#{session_number}",
-                     restart="permanent", shutdown=1.0, mailbox_size=link.credit + 16)
 
