@@ -1,39 +1,36 @@
 """Binding an actor's mailbox to a message stream.
 
-Wire protocol
--------------
-Two message classes, registered with the transport codec under ``actor.*``
-tags, travel over one :class:`~midswarm.transport.MessageStream`:
-
-* :class:`ActorRequest` ``{id, kind, encoding, payload}``, client to server.
-  ``kind`` is ``"tell"`` (``id`` 0, no reply) or ``"ask"`` (``id`` > 0, unique
-  on the stream, answered exactly once unless the stream breaks).
-* :class:`ActorReply` ``{id, ok, encoding, payload, error}``, server to client.
-  ``ok`` false carries a :class:`BoxedError` instead of a payload.  A reply with
-  ``id`` 0 is a notice that the served actor is gone for good; the server closes
-  the stream after it.
-
-A payload is either a registered message instance, sent as its own nested
-envelope (``encoding="message"``, :func:`~midswarm.transport.encode`), or plain
-msgpack data, numpy arrays included (``encoding="data"``,
-:func:`~midswarm.transport.pack`).
+The envelopes on the stream are described in ``_wire.py``.
 
 Theory of operation
 -------------------
 *Serving* (:func:`serve_actor`): one task reads requests in order and puts
 them into the actor's mailbox, so a full mailbox stops the reading, the stream's
 flow control fills up, and the remote teller waits: backpressure end to end.
-An ask's reply slot gets a callback that hands the outcome to a writer task; at
-most ``max_pending_asks`` asks are outstanding per stream (more stop the
-reading too), so nothing here grows without bound.  Because the ref behind the
-stream is the supervisor's ref, a restarted actor keeps serving the same
-stream.
+An ask's reply slot gets a callback that runs in the actor's task when it
+answers: it writes the reply itself when the stream takes it without waiting,
+else hands it to a writer task.  At most ``max_pending_asks`` asks are
+outstanding per stream (more stop the reading too), so nothing here grows
+without bound.  Because the ref behind the stream is the supervisor's ref, a
+restarted actor keeps serving the same stream.
 
-*Calling* (:func:`remote_ref`): ``tell``/``ask`` encode the request and queue
-it for one writer task; only that task writes to the stream, so cancelling a
-caller (an ``ask`` timing out) never leaves half a frame on the wire.  A reader
-task matches replies to pending asks by id.  When the stream ends, breaks or
-carries garbage, every pending ask fails at once with
+*Calling* (:func:`remote_ref`): ``tell``/``ask`` encode the request and write
+it themselves when nothing is queued ahead of them and the stream takes it
+without waiting; otherwise they queue it for one writer task.  Either way a
+frame is written whole or not at all, so cancelling a caller (an ``ask`` timing
+out) never leaves half a frame on the wire, and frames leave in call order.
+
+Replies are read by whoever holds the *read role* (``_reader``): an asker, or
+the background reader task.  An asker that finds the role free takes it and
+reads until its own reply arrives, handing every other reply to its asker on
+the way; the transport then wakes the asker directly, one scheduling round
+sooner than through a reader task.  When the holder lets go (its reply came,
+it was cancelled), the role passes to the oldest asker still waiting, else to
+the background reader, which keeps reading while nobody asks so that a closed
+stream or a gone-for-good notice is seen at once.  An asker that needs the role
+while the background reader holds it cancels that read (receiving is
+cancel-safe: no bytes are lost) and is handed the role.  When the stream ends,
+breaks or carries garbage, every pending ask fails at once with
 :class:`ActorUnreachable` and the ref refuses further messages.  A
 :class:`~midswarm.transport.ProtocolError` closes that stream only.
 """
@@ -42,95 +39,32 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
-import attrs
 import outcome
 import trio
 
 from .._util import open_service_nursery
-from ..transport import MessageStream, ProtocolError, decode, encode, message, pack, unpack
+from ..transport import MessageStream, ProtocolError, encode
 from ._actor import Actor, ActorRef, LocalActorRef, _Ask, _Reply, check_timeout
-from ._errors import (
-    ActorError,
-    ActorFailed,
-    ActorStopped,
-    ActorUnreachable,
-    AskTimeout,
-    exception_type_name,
-)
+from ._errors import ActorError, ActorStopped, ActorUnreachable, AskTimeout, exception_type_name
 from ._spec import ChildSpec
 from ._supervisor import open_supervisor
+from ._wire import (
+    ActorReply,
+    BoxedError,
+    decode_payload,
+    parse_reply,
+    parse_request,
+    reply_bytes,
+    request_bytes,
+)
 
-__all__ = ["ActorRequest", "ActorReply", "BoxedError", "serve_actor", "remote_ref"]
+__all__ = ["serve_actor", "remote_ref"]
 
-_KINDS = ("tell", "ask")
 #: Frames up to this size may be written by the calling task itself (shielded,
 #: so they must be quick to write); larger ones always go through the writer.
 _DIRECT_SEND_LIMIT = 64 * 1024
-_ENCODINGS = ("message", "data", "")
-
-
-@attrs.frozen
-class BoxedError:
-    """An :class:`ActorFailed` (``kind="failed"``) or :class:`ActorStopped`
-    (``kind="stopped"``) on the wire."""
-
-    kind: Literal["failed", "stopped"] = attrs.field(
-        validator=attrs.validators.in_(("failed", "stopped")))
-    actor: str
-    exc_type: str = ""
-    message: str = ""
-    traceback: str = ""
-
-    @classmethod
-    def box(cls, error: BaseException, actor: str) -> BoxedError:
-        if isinstance(error, ActorFailed):
-            return cls("failed", error.actor, error.exc_type, error.message, error.traceback)
-        if isinstance(error, ActorStopped):
-            return cls("stopped", error.actor, "", error.reason)
-        return cls("failed", actor, exception_type_name(error), str(error))
-
-    def unbox(self) -> ActorError:
-        if self.kind == "stopped":
-            return ActorStopped(self.actor, self.message)
-        return ActorFailed(self.actor, self.exc_type, self.message, self.traceback)
-
-
-@message("actor.request")
-@attrs.frozen
-class ActorRequest:
-    id: int
-    kind: str = attrs.field(validator=attrs.validators.in_(_KINDS))
-    encoding: str = attrs.field(validator=attrs.validators.in_(_ENCODINGS[:2]))
-    payload: bytes
-
-
-@message("actor.reply")
-@attrs.frozen
-class ActorReply:
-    id: int
-    ok: bool
-    encoding: str = attrs.field(default="", validator=attrs.validators.in_(_ENCODINGS))
-    payload: bytes = b""
-    error: BoxedError | None = None
-
-
-def encode_payload(obj: Any) -> tuple[str, bytes]:
-    """``("message", envelope)`` for a registered message, else ``("data", msgpack)``.
-
-    Raises :class:`TypeError` for what neither can carry.
-    """
-    if attrs.has(type(obj)):
-        return "message", encode(obj)
-    return "data", pack(obj)
-
-
-def decode_payload(encoding: str, payload: bytes) -> Any:
-    """Inverse of :func:`encode_payload`; raises :class:`ProtocolError`."""
-    if encoding == "message":
-        return decode(payload)
-    return unpack(payload)
 
 
 async def _close_quietly(stream: MessageStream) -> None:
@@ -186,6 +120,8 @@ class _StreamServer:
             tuple[int, outcome.Outcome[Any]]](max_pending)
         self.slots = trio.Semaphore(max_pending)
         self.max_pending = max_pending
+        #: Replies handed to the writer task and not yet written.
+        self.queued_replies = 0
         self.error: BaseException | None = None
         self.gone: ActorStopped | None = None
 
@@ -209,7 +145,7 @@ class _StreamServer:
         # When no reply is queued ahead and the stream can take the frame
         # without waiting, write it from here: one scheduling hop less on the
         # reply's path.  Otherwise (or on any error) the writer task sends it.
-        if self.done_recv.statistics().current_buffer_used == 0:
+        if self.queued_replies == 0:
             try:
                 if self.stream.send_message_nowait(self._encode_reply(reply.tag, result)):
                     self.slots.release()
@@ -219,7 +155,8 @@ class _StreamServer:
         try:
             self.done_send.send_nowait((reply.tag, result))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the stream is gone; nobody is left to tell
+            return  # the stream is gone; nobody is left to tell
+        self.queued_replies += 1
 
     async def _read_requests(self, scope: trio.CancelScope) -> None:
         receive = self.stream.receive_message
@@ -230,11 +167,8 @@ class _StreamServer:
                     raw = await receive()
                 except trio.EndOfChannel:
                     break
-                req = decode(raw, ActorRequest)
-                if (req.kind == "tell") != (req.id == 0) or req.id < 0:
-                    raise ProtocolError(f"actor.request: a {req.kind} cannot have id {req.id}")
-                msg = decode_payload(req.encoding, req.payload)
-                if req.kind == "tell":
+                ask_id, _, msg = parse_request(raw)
+                if ask_id == 0:
                     item = msg
                 else:
                     # The non-blocking forms first: each checkpoint we skip is
@@ -243,7 +177,7 @@ class _StreamServer:
                         self.slots.acquire_nowait()
                     except trio.WouldBlock:
                         await self.slots.acquire()
-                    item = _Ask(msg, _Reply(self._forward_reply, req.id))
+                    item = _Ask(msg, _Reply(self._forward_reply, ask_id))
                 if not ref.put_nowait(item):
                     await ref.put(item)
         except ActorStopped as exc:
@@ -263,6 +197,7 @@ class _StreamServer:
         try:
             async for ask_id, result in self.done_recv:
                 await self.stream.send_message(self._encode_reply(ask_id, result))
+                self.queued_replies -= 1
                 self.slots.release()
             if self.gone is not None:
                 notice = ActorReply(0, False, error=BoxedError.box(self.gone, self.ref.name))
@@ -273,8 +208,7 @@ class _StreamServer:
     def _encode_reply(self, ask_id: int, result: outcome.Outcome[Any]) -> bytes:
         if isinstance(result, outcome.Value):
             try:
-                encoding, payload = encode_payload(result.value)
-                data = encode(ActorReply(ask_id, True, encoding, payload))
+                data = reply_bytes(ask_id, result.value)
                 if len(data) <= self.stream.max_message_size:
                     return data
                 why: BaseException = ValueError(
@@ -292,6 +226,33 @@ class _StreamServer:
 
 # --------------------------------------------------------------------- calling
 
+#: Rescheduled into a waiting asker instead of its reply: it holds the read role now.
+_TAKE_OVER: Any = object()
+#: The read role's holder while the background reader task holds it.
+_BACKGROUND: Any = object()
+
+
+class _Waiter:
+    """One pending remote ask: its outcome once known, and the task parked on it.
+
+    A parked task is woken either with the outcome or with :data:`_TAKE_OVER`.
+    """
+
+    __slots__ = ("result", "task")
+
+    def __init__(self) -> None:
+        self.result: outcome.Outcome[Any] | None = None
+        self.task: trio.lowlevel.Task | None = None
+
+    def resolve(self, result: outcome.Outcome[Any]) -> None:
+        if self.result is not None:
+            return
+        self.result = result
+        task, self.task = self.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task, result)
+
+
 class RemoteActorRef(ActorRef):
     """A ref whose messages travel over a stream; made by :func:`remote_ref`."""
 
@@ -299,15 +260,21 @@ class RemoteActorRef(ActorRef):
         self.name = name
         self._stream = stream
         # Frames queued for the writer: only when a caller could not write
-        # itself (another write in progress, or a large frame).
+        # itself (another write in progress, backpressure, or a large frame).
         self._requests_send, self._requests_recv = trio.open_memory_channel[bytes](16)
         self._queued = 0
         self._send_lock = trio.StrictFIFOLock()
-        self._pending: dict[int, _Reply] = {}
+        self._pending: dict[int, _Waiter] = {}
         self._next_id = 1
         self._broken: Callable[[], ActorError] | None = None
         self._closing = False  # the block exited normally: flushing, then closing
         self._reader_scope = trio.CancelScope()
+        #: Who reads replies now: None, _BACKGROUND, or the _Waiter of an asker.
+        self._reader: Any = None
+        #: Around the background reader's reads while it holds the role:
+        #: cancelled to take the role from it, and when the ref breaks.
+        self._background_read: trio.CancelScope | None = None
+        self._background_lot = trio.lowlevel.ParkingLot()
 
     def _refuse(self) -> ActorError:
         if self._broken is not None:
@@ -320,31 +287,48 @@ class RemoteActorRef(ActorRef):
             return
         self._broken = make_error
         pending, self._pending = self._pending, {}
-        for reply in pending.values():
-            reply.resolve(outcome.Error(make_error()))
+        for waiter in pending.values():
+            waiter.resolve(outcome.Error(make_error()))
         self._requests_recv.close()
+        # The background reader stops.  An asker holding the read role is
+        # woken by the stream failing or being closed (see _stream_broke).
+        if self._background_read is not None:
+            self._background_read.cancel()
+        self._background_lot.unpark_all()
 
-    async def _enqueue(self, data: bytes) -> None:
+    # ------------------------------------------------------------- sending
+
+    async def _enqueue(self, data: bytes) -> bool:
+        """Send ``data`` in call order; return whether this was a schedule point.
+
+        Raises the refusal when the ref is broken or closing, and
+        :class:`trio.Cancelled` only before anything was written.
+        """
         if self._broken is not None or self._closing:
             await trio.lowlevel.checkpoint()
             raise self._refuse()
         if (self._queued == 0 and len(data) <= _DIRECT_SEND_LIMIT
                 and not self._send_lock.locked()):
-            # Fast path, one scheduling round shorter: nothing is queued ahead
-            # of us, so we may write ourselves.  Wait for room while still
-            # cancellable (nothing has been written yet), then write the frame
-            # shielded, so a cancelled caller never leaves half a frame behind.
-            self._send_lock.acquire_nowait()
+            # Nothing is queued ahead of us, so we may write ourselves.
+            # Cancellable only until something is written.
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
-                await self._stream.stream.wait_send_all_might_not_block()
-                with trio.CancelScope(shield=True):
-                    await self._stream.send_message(data)
+                # The frame goes out now, without a scheduling round first.
+                if self._stream.send_message_nowait(data):
+                    return False
+                # The stream has no room (or no non-blocking write): wait for
+                # room while still cancellable, then write the frame shielded.
+                self._send_lock.acquire_nowait()
+                try:
+                    await self._stream.stream.wait_send_all_might_not_block()
+                    with trio.CancelScope(shield=True):
+                        await self._stream.send_message(data)
+                finally:
+                    self._send_lock.release()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._stream_broke(exc)
+                await self._stream_broke(exc)
                 raise self._refuse() from None
-            finally:
-                self._send_lock.release()
-            return
+            return True
         self._queued += 1
         try:
             await self._requests_send.send(data)
@@ -353,41 +337,67 @@ class RemoteActorRef(ActorRef):
         except BaseException:
             self._queued -= 1
             raise
+        return True
 
-    def _stream_broke(self, exc: BaseException) -> None:
+    async def _stream_broke(self, exc: BaseException) -> None:
+        """Break the ref after a failed send, and close the stream: an asker
+        reading replies wakes up and finds its ask failed."""
         reason = f"the stream broke while sending: {exc!r}"
         self._break(lambda: ActorUnreachable(self.name, reason))
+        with trio.CancelScope(shield=True):
+            await _close_quietly(self._stream)
 
     def _request(self, ask_id: int, kind: str, msg: Any) -> bytes:
-        encoding, payload = encode_payload(msg)
-        data = encode(ActorRequest(ask_id, kind, encoding, payload))
+        data = request_bytes(ask_id, kind, msg)
         if len(data) > self._stream.max_message_size:
             raise ValueError(f"message of {len(data)} bytes exceeds the stream's "
                              f"max_message_size={self._stream.max_message_size}")
         return data
 
     async def tell(self, msg: Any) -> None:
-        await self._enqueue(self._request(0, "tell", msg))
+        if not await self._enqueue(self._request(0, "tell", msg)):
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def ask(self, msg: Any, timeout: float | None = None) -> Any:
         check_timeout(timeout)
         ask_id = self._next_id
         self._next_id += 1
         data = self._request(ask_id, "ask", msg)
-        reply = _Reply()
+        waiter = _Waiter()
         # Registered before the request can leave, so even an instant reply
         # finds it.
-        self._pending[ask_id] = reply
+        self._pending[ask_id] = waiter
         try:
             if timeout is None:
-                await self._enqueue(data)
-                return await reply.wait()
+                return await self._ask(data, waiter)
             with trio.move_on_after(timeout):
-                await self._enqueue(data)
-                return await reply.wait()
+                return await self._ask(data, waiter)
         finally:
             self._pending.pop(ask_id, None)
         raise AskTimeout(self.name, timeout)
+
+    async def _ask(self, data: bytes, waiter: _Waiter) -> Any:
+        await self._enqueue(data)
+        # No schedule point is owed here: the reply cannot be in before a read
+        # that parks, or before this task parks waiting for it.
+        while waiter.result is None:
+            if self._reader is None:
+                self._reader = waiter
+                await self._read_replies(waiter)
+                continue
+            if self._reader is _BACKGROUND and self._background_read is not None:
+                self._background_read.cancel()  # it hands us the role as it lets go
+            waiter.task = trio.lowlevel.current_task()
+
+            def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+                waiter.task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            got = await trio.lowlevel.wait_task_rescheduled(abort)
+            if got is not _TAKE_OVER:
+                return got  # the reply (an error reply was raised just now)
+            await self._read_replies(waiter)
+        return waiter.result.unwrap()
 
     async def _write_requests(self) -> None:
         try:
@@ -402,39 +412,90 @@ class RemoteActorRef(ActorRef):
                 except TypeError:
                     pass  # the stream cannot half-close; closing it will do
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._stream_broke(exc)
+            await self._stream_broke(exc)
         self._reader_scope.cancel()
 
-    async def _read_replies(self) -> None:
-        reason = "the serving side closed the stream"
+    # ------------------------------------------------------------- receiving
+
+    def _let_go(self) -> None:
+        """The holder of the read role lets go: pass it on (never raises)."""
+        self._reader = None
+        if self._broken is None:
+            for waiter in self._pending.values():
+                task = waiter.task
+                if task is not None:  # parked, reply still to come: oldest first
+                    waiter.task = None
+                    self._reader = waiter
+                    trio.lowlevel.reschedule(task, outcome.Value(_TAKE_OVER))
+                    return
+        self._background_lot.unpark_all()
+
+    async def _read_in_background(self) -> None:
+        """Hold the read role whenever no asker wants it, until the ref breaks."""
+        while self._broken is None:
+            if self._reader is not None:
+                await self._background_lot.park()
+                continue
+            self._reader = _BACKGROUND
+            try:
+                with trio.CancelScope() as self._background_read:
+                    await self._read_replies(None)
+            finally:
+                self._background_read = None
+                self._let_go()
+
+    async def _read_replies(self, waiter: _Waiter | None) -> None:
+        """Read and deliver replies until ``waiter`` is resolved (``None``: until
+        cancelled) or the ref breaks.  An asker lets go of the read role on its
+        way out; the background reader does so in its own loop.
+
+        The caller holds the role.  Raises only :class:`trio.Cancelled`; a
+        stream that ends, breaks or carries garbage breaks the ref.
+        """
+        try:
+            reason = await self._read_until(waiter)
+            if reason is not None:
+                self._break(lambda: ActorUnreachable(self.name, reason))
+        finally:
+            if waiter is not None:
+                self._let_go()
+
+    async def _read_until(self, waiter: _Waiter | None) -> str | None:
+        """The body of :meth:`_read_replies`: ``None`` when done, else why the
+        stream is unusable."""
         receive = self._stream.receive_message
         try:
-            while True:
+            while (waiter is None or waiter.result is None) and self._broken is None:
                 try:
                     raw = await receive()
                 except trio.EndOfChannel:
-                    break
-                reply = decode(raw, ActorReply)
-                if reply.id == 0:
-                    gone = reply.error or BoxedError("stopped", self.name)
-                    self._break(gone.unbox)
-                    return
-                if reply.id >= self._next_id or reply.id < 0:
-                    raise ProtocolError(f"actor.reply for id {reply.id}, which was never asked")
-                waiter = self._pending.pop(reply.id, None)
-                if waiter is None:
-                    continue  # the ask timed out or was cancelled; drop the late reply
-                if reply.ok:
-                    waiter.resolve(outcome.Value(decode_payload(reply.encoding, reply.payload)))
-                else:
-                    error = reply.error or BoxedError("failed", self.name, "", "no error given")
-                    waiter.resolve(outcome.Error(error.unbox()))
+                    return "the serving side closed the stream"
+                self._deliver(raw)
         except ProtocolError as exc:
-            reason = f"protocol error on the stream: {exc}"
-            await _close_quietly(self._stream)
+            with trio.CancelScope(shield=True):
+                await _close_quietly(self._stream)
+            return f"protocol error on the stream: {exc}"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = f"the stream broke: {exc!r}"
-        self._break(lambda: ActorUnreachable(self.name, reason))
+            return f"the stream broke: {exc!r}"
+        return None
+
+    def _deliver(self, raw: bytes) -> None:
+        """Resolve the ask ``raw`` answers; raises :class:`ProtocolError`."""
+        ask_id, ok, error, encoding, payload = parse_reply(raw)
+        if ask_id == 0:
+            gone = error or BoxedError("stopped", self.name)
+            self._break(gone.unbox)
+            return
+        if ask_id >= self._next_id or ask_id < 0:
+            raise ProtocolError(f"actor.reply for id {ask_id}, which was never asked")
+        waiter = self._pending.pop(ask_id, None)
+        if waiter is None:
+            return  # the ask timed out or was cancelled; drop the late reply
+        if ok:
+            waiter.resolve(outcome.Value(decode_payload(encoding, payload)))
+        else:
+            error = error or BoxedError("failed", self.name, "", "no error given")
+            waiter.resolve(outcome.Error(error.unbox()))
 
     def __repr__(self) -> str:
         return f"<RemoteActorRef {self.name!r}>"
@@ -445,10 +506,10 @@ async def remote_ref(stream: MessageStream, name: str = "remote") -> AsyncIterat
     """An :class:`ActorRef` whose ``tell``/``ask`` travel over ``stream``.
 
     Use as ``async with remote_ref(stream, name="matcher") as ref:``; the block
-    hosts the reader and writer tasks.  ``name`` is used in errors raised on
-    this side.  The ref takes over the stream and closes it when the block
-    exits: after a normal exit, requests already queued are sent first and the
-    stream is half-closed; asks still waiting then fail with
+    hosts the background reader and the writer task.  ``name`` is used in
+    errors raised on this side.  The ref takes over the stream and closes it
+    when the block exits: after a normal exit, requests already queued are sent
+    first and the stream is half-closed; asks still waiting then fail with
     :class:`ActorUnreachable`.  Raises :class:`TypeError` if ``stream`` is not a
     :class:`~midswarm.transport.MessageStream`.
     """
@@ -460,7 +521,7 @@ async def remote_ref(stream: MessageStream, name: str = "remote") -> AsyncIterat
 
             async def read() -> None:
                 with ref._reader_scope:
-                    await ref._read_replies()
+                    await ref._read_in_background()
 
             nursery.start_soon(read)
             nursery.start_soon(ref._write_requests)
@@ -470,7 +531,7 @@ async def remote_ref(stream: MessageStream, name: str = "remote") -> AsyncIterat
                 nursery.cancel_scope.cancel()
                 raise
             # Normal exit: the writer sends what is queued, half-closes the
-            # stream and then stops the reader.
+            # stream and then stops the background reader.
             ref._closing = True
             ref._requests_send.close()
     finally:
