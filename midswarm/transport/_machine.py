@@ -17,6 +17,7 @@ from aioquic.quic.stream import QuicStream as _AioStream
 from aioquic.tls import State as TlsState
 
 from ._config import QuicConfig
+from ._fastpath import fast_datagrams_to_send, fast_receive_datagram
 
 __all__ = ["Machine"]
 
@@ -124,6 +125,30 @@ class Machine(_AioQuicConnection):
         sender = stream.sender
         return (sender._buffer_fin is not None or sender._reset_error_code is not None
                 or stream.receiver.is_finished)
+
+    def ms_after_send(self, streams: list[_AioStream]) -> None:
+        """After the fast path sent ``streams`` data: keep in view only those
+        with more to send, served last next time; finished ones wait as closing."""
+        active = self.ms_active
+        for stream in streams:
+            sid = _sid(stream)
+            del active[sid]
+            if self._ms_has_work(stream):
+                active[sid] = stream
+            elif self._ms_is_closing(stream):
+                self.ms_closing[sid] = stream
+
+    # --- the fast path (see _fastpath.py) ---------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        datagrams = fast_datagrams_to_send(self, now)
+        if datagrams is None:
+            return super().datagrams_to_send(now)
+        return datagrams
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        if not fast_receive_datagram(self, data, addr, now):
+            super().receive_datagram(data, addr, now)
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
         streams = self._streams
