@@ -180,7 +180,9 @@ def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | 
     handlers: list[tuple[Any, Any]] = []
     eliciting = False
     if ack_due:
-        delay = int((now - space.largest_received_time) * 1000000) >> m._local_ack_delay_exponent
+        # ack_at is set only once a packet was received, so a time exists.
+        received = space.largest_received_time or now
+        delay = int((now - received) * 1000000) >> m._local_ack_delay_exponent
         buf.push_uint_var(_ACK)
         push_ack_frame(buf, space.ack_queue, delay, _ACK_ROOM - 1)
         handlers.append((m._on_ack_delivery, (space, space.largest_received_packet)))
