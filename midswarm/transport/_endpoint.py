@@ -202,20 +202,9 @@ class _Endpoint:
                 conn = on_datagram(data, addr, now)
                 if conn is not None:
                     touched[conn] = None
-            if not touched:
-                continue
-            # Wake the readers first, transmit later: a woken reader usually
-            # answers at once, and its reply carries our ACK; a transmit here
-            # would sit on the reply's critical path and mostly send nothing.
-            # Two scheduling rounds let the woken tasks run first (Trio runs a
-            # batch of tasks in either order).
-            seqs = [(conn, conn._process_received()) for conn in touched]
+            for conn in touched:
+                conn._process_received()
             touched.clear()
-            await trio.lowlevel.checkpoint()
-            await trio.lowlevel.checkpoint()
-            for conn, seq in seqs:
-                if conn._pump_seq == seq:
-                    conn._pump()
 
     # --- routing (server) -----------------------------------------------------------
 

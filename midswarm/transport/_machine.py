@@ -70,6 +70,10 @@ class Machine(_AioQuicConnection):
         self.ms_active: dict[int, _AioStream] = {}
         self.ms_closing: dict[int, _AioStream] = {}
         self.ms_received = False  # a datagram arrived since closing streams were checked
+        #: Ack-eliciting 1-RTT packets received since we last sent an ACK.  Only
+        #: those count: counting ACK-only packets would make two peers answer
+        #: each other's ACKs with ACKs.
+        self.ms_unacked = 0
         self._ms_rescan = False
         self._ms_lost_packets = self._loss._on_packets_lost
         self._loss._on_packets_lost = self._ms_on_packets_lost  # type: ignore[method-assign]
@@ -149,6 +153,13 @@ class Machine(_AioQuicConnection):
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         if not fast_receive_datagram(self, data, addr, now):
             super().receive_datagram(data, addr, now)
+
+    def _payload_received(self, context: Any, plain: bytes,
+                          crypto_frame_required: bool = False) -> tuple[bool, bool]:
+        eliciting, probing = super()._payload_received(context, plain, crypto_frame_required)
+        if eliciting:
+            self.ms_unacked += 1
+        return eliciting, probing
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
         streams = self._streams
