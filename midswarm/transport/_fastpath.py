@@ -66,7 +66,7 @@ from aioquic.quic.recovery import MAX_ACK_RANGES
 if TYPE_CHECKING:
     from ._machine import Machine
 
-__all__ = ["fast_datagrams_to_send", "fast_receive_datagram"]
+__all__ = ["control_clear", "fast_datagrams_to_send", "fast_receive_datagram"]
 
 _CONNECTED = QuicConnectionState.CONNECTED
 _ONE_RTT = tls.Epoch.ONE_RTT
@@ -101,7 +101,7 @@ def _streams_clear(m: Machine) -> bool:
     return True
 
 
-def _control_clear(m: Machine) -> bool:
+def control_clear(m: Machine) -> bool:
     """True if no connection-level frame other than ACK is waiting."""
     if (m._handshake_done_pending or m._retire_connection_ids or m._streams_blocked_pending
             or m._ping_pending or m._probe_pending or m._datagrams_pending
@@ -137,11 +137,11 @@ def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | 
         # receive whose reply already went out.
         if m._ms_rescan or m._streams_queue or (m.ms_received and m.ms_closing):
             return None
-        if not _control_clear(m):
+        if not control_clear(m):
             return None
         m._pacing_at = None
         return []
-    if not _control_clear(m) or not _streams_clear(m):
+    if not control_clear(m) or not _streams_clear(m):
         return None
     if ack_due and len(space.ack_queue) > 1:
         return None  # aioquic may add an ACK-of-ACK PING

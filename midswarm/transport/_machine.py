@@ -7,6 +7,7 @@ from typing import Any
 
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
+    QuicConnectionState,
     QuicFrameType,
 )
 from aioquic.quic.connection import (
@@ -17,7 +18,7 @@ from aioquic.quic.stream import QuicStream as _AioStream
 from aioquic.tls import State as TlsState
 
 from ._config import QuicConfig
-from ._fastpath import fast_datagrams_to_send, fast_receive_datagram
+from ._fastpath import control_clear, fast_datagrams_to_send, fast_receive_datagram
 
 __all__ = ["Machine"]
 
@@ -143,6 +144,17 @@ class Machine(_AioQuicConnection):
                 self.ms_closing[sid] = stream
 
     # --- the fast path (see _fastpath.py) ---------------------------------------------
+
+    def ms_steady(self) -> bool:
+        """True once the handshake is confirmed and while no close has begun:
+        the only timers then are the ACK delay, loss detection, pacing and
+        the idle timeout."""
+        return self._handshake_confirmed and self._state is QuicConnectionState.CONNECTED
+
+    def ms_quiet(self) -> bool:
+        """True if nothing but an ACK could be sent now: no stream has data or
+        frames waiting and no connection-level frame is due."""
+        return not self.ms_active and control_clear(self)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         datagrams = fast_datagrams_to_send(self, now)

@@ -247,12 +247,13 @@ class QuicConnection:
     # --- the pump -----------------------------------------------------------------
 
     def _process_received(self) -> None:
-        """After datagrams were fed: deliver their events; if the handshake is
-        still running, or two or more packets await our ACK, transmit now
+        """After datagrams were fed: deliver their events, then transmit if the
+        handshake is still running, if two or more packets await our ACK
         (acknowledging every second packet keeps a bulk sender's window open;
-        aioquic alone waits a fixed 1 ms).  Otherwise transmit nothing: a woken
-        reader usually answers at once and its reply carries our ACK, and if it
-        does not, the re-armed timer sends the ACK at aioquic's ACK delay."""
+        aioquic alone waits a fixed 1 ms), or if anything besides an ACK is
+        waiting to go.  Otherwise transmit nothing: a woken reader usually
+        answers at once and its reply carries our ACK, and if it does not, the
+        re-armed timer sends the ACK at aioquic's ACK delay."""
         self._process_events()
         if self._on_ready is not None and not self.is_client:
             self._check_early_ready()
@@ -264,7 +265,11 @@ class QuicConnection:
                 space is not None and space.ack_at is not None
                 and len(space.ack_queue) >= 1 and machine.ms_unacked >= 2):
             self._pump()
-        elif space is None or not machine._handshake_confirmed or self._send_waiters:
+        elif not machine.ms_quiet():
+            # Stream data waits (an ACK may have opened the congestion window)
+            # or a control frame is due (a response, a new connection ID).
+            self._pump()
+        elif space is None or not machine.ms_steady() or self._send_waiters:
             self._rearm()
         else:
             # The woken readers run next and their replies re-arm the timer
