@@ -33,6 +33,7 @@ from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import (
     PACKET_TYPE_INITIAL,
+    QuicProtocolVersion,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
@@ -264,6 +265,10 @@ def _base_configuration(config: QuicConfig, *, is_client: bool,
         max_stream_data=config.stream_receive_window,
         max_datagram_size=handshake_size,
         initial_rtt=config.initial_rtt,
+        # QUIC v1 only: aioquic also sets up QUIC v2's Initial keys for every
+        # connection, which no midswarm peer uses; a v2-only peer is answered
+        # with Version Negotiation.
+        supported_versions=[QuicProtocolVersion.VERSION_1],
     )
 
 
