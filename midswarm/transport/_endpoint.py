@@ -33,6 +33,7 @@ from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import (
     PACKET_TYPE_INITIAL,
+    QuicProtocolVersion,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
@@ -202,20 +203,9 @@ class _Endpoint:
                 conn = on_datagram(data, addr, now)
                 if conn is not None:
                     touched[conn] = None
-            if not touched:
-                continue
-            # Wake the readers first, transmit later: a woken reader usually
-            # answers at once, and its reply carries our ACK; a transmit here
-            # would sit on the reply's critical path and mostly send nothing.
-            # Two scheduling rounds let the woken tasks run first (Trio runs a
-            # batch of tasks in either order).
-            seqs = [(conn, conn._process_received()) for conn in touched]
+            for conn in touched:
+                conn._process_received()
             touched.clear()
-            await trio.lowlevel.checkpoint()
-            await trio.lowlevel.checkpoint()
-            for conn, seq in seqs:
-                if conn._pump_seq == seq:
-                    conn._pump()
 
     # --- routing (server) -----------------------------------------------------------
 
@@ -275,6 +265,10 @@ def _base_configuration(config: QuicConfig, *, is_client: bool,
         max_stream_data=config.stream_receive_window,
         max_datagram_size=handshake_size,
         initial_rtt=config.initial_rtt,
+        # QUIC v1 only: aioquic also sets up QUIC v2's Initial keys for every
+        # connection, which no midswarm peer uses; a v2-only peer is answered
+        # with Version Negotiation.
+        supported_versions=[QuicProtocolVersion.VERSION_1],
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
+    QuicConnectionState,
     QuicFrameType,
 )
 from aioquic.quic.connection import (
@@ -14,11 +15,16 @@ from aioquic.quic.connection import (
 )
 from aioquic.quic.recovery import QuicPacketPacer
 from aioquic.quic.stream import QuicStream as _AioStream
+from aioquic.tls import Group
 from aioquic.tls import State as TlsState
 
 from ._config import QuicConfig
+from ._fastpath import control_clear, fast_datagrams_to_send, fast_receive_datagram
 
 __all__ = ["Machine"]
+
+#: Key-share groups a client offers, in order of preference.
+_CLIENT_GROUPS = (Group.SECP256R1, Group.X25519)
 
 #: Timers wake at best with millisecond precision (epoll); see _GranularPacer.
 _TIMER_GRANULARITY = 0.002
@@ -69,6 +75,10 @@ class Machine(_AioQuicConnection):
         self.ms_active: dict[int, _AioStream] = {}
         self.ms_closing: dict[int, _AioStream] = {}
         self.ms_received = False  # a datagram arrived since closing streams were checked
+        #: Ack-eliciting 1-RTT packets received since we last sent an ACK.  Only
+        #: those count: counting ACK-only packets would make two peers answer
+        #: each other's ACKs with ACKs.
+        self.ms_unacked = 0
         self._ms_rescan = False
         self._ms_lost_packets = self._loss._on_packets_lost
         self._loss._on_packets_lost = self._ms_on_packets_lost  # type: ignore[method-assign]
@@ -125,6 +135,48 @@ class Machine(_AioQuicConnection):
         return (sender._buffer_fin is not None or sender._reset_error_code is not None
                 or stream.receiver.is_finished)
 
+    def ms_after_send(self, streams: list[_AioStream]) -> None:
+        """After the fast path sent ``streams`` data: keep in view only those
+        with more to send, served last next time; finished ones wait as closing."""
+        active = self.ms_active
+        for stream in streams:
+            sid = _sid(stream)
+            del active[sid]
+            if self._ms_has_work(stream):
+                active[sid] = stream
+            elif self._ms_is_closing(stream):
+                self.ms_closing[sid] = stream
+
+    # --- the fast path (see _fastpath.py) ---------------------------------------------
+
+    def ms_steady(self) -> bool:
+        """True once the handshake is confirmed and while no close has begun:
+        the only timers then are the ACK delay, loss detection, pacing and
+        the idle timeout."""
+        return self._handshake_confirmed and self._state is QuicConnectionState.CONNECTED
+
+    def ms_quiet(self) -> bool:
+        """True if nothing but an ACK could be sent now: no stream has data or
+        frames waiting and no connection-level frame is due."""
+        return not self.ms_active and control_clear(self)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        datagrams = fast_datagrams_to_send(self, now)
+        if datagrams is None:
+            return super().datagrams_to_send(now)
+        return datagrams
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        if not fast_receive_datagram(self, data, addr, now):
+            super().receive_datagram(data, addr, now)
+
+    def _payload_received(self, context: Any, plain: bytes,
+                          crypto_frame_required: bool = False) -> tuple[bool, bool]:
+        eliciting, probing = super()._payload_received(context, plain, crypto_frame_required)
+        if eliciting:
+            self.ms_unacked += 1
+        return eliciting, probing
+
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
         streams = self._streams
         active = self.ms_active
@@ -167,6 +219,12 @@ class Machine(_AioQuicConnection):
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
+        if self._is_client:
+            # aioquic offers a key share for each of P-256, P-384, X25519 and
+            # X448: four key generations (~0.3 ms) for every connection, full
+            # or resumed, when the server uses one.  Offer the two that every
+            # TLS 1.3 server has (P-256 is mandatory), cheapest first.
+            self.tls._supported_groups = list(_CLIENT_GROUPS)
         if self._ms_request_client_cert:
             # aioquic has the switch but documents it as test-only: it asks for a
             # client certificate and does not verify it; we verify after the
@@ -185,6 +243,16 @@ class Machine(_AioQuicConnection):
                     context._server_expect_finished()
 
             context._server_handle_hello = server_handle_hello  # type: ignore[method-assign]
+
+    def _handle_padding_frame(self, context: Any, frame_type: int, buf: Any) -> None:
+        # aioquic steps through padding a byte at a time in Python: ~40 us for
+        # each padded Initial datagram of a handshake.
+        if self._quic_logger is not None:
+            super()._handle_padding_frame(context, frame_type, buf)
+            return
+        pos = buf.tell()
+        rest = buf.data_slice(pos, buf.capacity)
+        buf.seek(pos + len(rest) - len(rest.lstrip(b"\x00")))
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: _AioStream) -> None:
         if not stream.max_stream_data_local:

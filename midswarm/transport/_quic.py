@@ -20,9 +20,10 @@ machine is never seen half-updated and needs no lock.  The one task per
 connection (:meth:`QuicConnection._run_timer`) sleeps until that deadline (or the
 keep-alive instant) and then calls ``handle_timer`` — there are no polling
 sleeps.  One clock: ``trio.current_time()``.  Two refinements keep the
-latency path short: after a receive, the transmit waits until the woken
-readers had their turn (their reply carries our ACK), and writes that come in
-bursts share one transmit in the next scheduling round.
+latency path short: a receive transmits nothing unless an ACK is overdue
+(the woken reader's reply usually carries our ACK; otherwise the timer sends
+it at the ACK delay), and writes that come in bursts share one transmit in
+the next scheduling round.
 
 Flow control: aioquic grows a stream's receive window as data *arrives*, which
 would let a fast peer fill our memory while the reader is slow.  Our subclass
@@ -93,13 +94,12 @@ class QuicConnection:
         self._close_reason = ""
         self._timer_scope: trio.CancelScope | None = None
         self._deadline = math.inf
+        self._armed = math.inf  # the deadline of the timer task's cancel scope
         self._last_send = trio.current_time()
         self._ping_uid = 0
-        self._pump_seq = 0
         self._flush_pending = False  # the timer task will flush coalesced writes
         self._last_write = -math.inf
         self._dirty = False  # a write is waiting for that flush
-        self._unacked_rx = 0  # datagrams received since we last sent an ACK
         self._ack_space: Any = None  # aioquic's 1-RTT packet space, once it exists
         self.peer_identity: str | None = None
         self.session_resumed = False
@@ -246,23 +246,43 @@ class QuicConnection:
 
     # --- the pump -----------------------------------------------------------------
 
-    def _process_received(self) -> int:
-        """After datagrams were fed: deliver their events; if the handshake is
-        still running, or two or more packets await our ACK, transmit now too
+    def _process_received(self) -> None:
+        """After datagrams were fed: deliver their events, then transmit if the
+        handshake is still running, if two or more packets await our ACK
         (acknowledging every second packet keeps a bulk sender's window open;
-        aioquic alone waits a fixed 1 ms).  Returns the pump sequence number so
-        the endpoint can tell whether someone transmitted since."""
+        aioquic alone waits a fixed 1 ms), or if anything besides an ACK is
+        waiting to go.  Otherwise transmit nothing: a woken reader usually
+        answers at once and its reply carries our ACK, and if it does not, the
+        re-armed timer sends the ACK at aioquic's ACK delay."""
         self._process_events()
         if self._on_ready is not None and not self.is_client:
             self._check_early_ready()
         space = self._ack_space
         if space is None:
             space = self._ack_space = self._machine._spaces.get(tls.Epoch.ONE_RTT)
+        machine = self._machine
         if not self._handshake_done.is_set() or (
                 space is not None and space.ack_at is not None
-                and len(space.ack_queue) >= 1 and self._unacked_rx >= 2):
+                and len(space.ack_queue) >= 1 and machine.ms_unacked >= 2):
             self._pump()
-        return self._pump_seq
+        elif not machine.ms_quiet():
+            # Stream data waits (an ACK may have opened the congestion window)
+            # or a control frame is due (a response, a new connection ID).
+            self._pump()
+        elif space is None or not machine.ms_steady() or self._send_waiters:
+            self._rearm()
+        else:
+            # The woken readers run next and their replies re-arm the timer
+            # fully; keep get_timer() off that path.  Only the two timers a
+            # received packet can bring *forward* matter now: the ACK delay
+            # and a time-threshold loss.  A deadline left too early merely
+            # wakes the timer task, which re-arms.
+            deadline = self._deadline
+            for at in (space.ack_at, space.loss_time):
+                if at is not None and at < deadline:
+                    deadline = at
+            if deadline < self._deadline:
+                self._set_deadline(deadline)
 
     def _transmit_soon(self) -> None:
         """Transmit after an application write.
@@ -296,7 +316,6 @@ class QuicConnection:
         if self._terminated:
             return
         machine = self._machine
-        self._pump_seq += 1
         self._process_events()
         if self._datagram_size is not None and machine._handshake_confirmed:
             self._grow_datagrams()
@@ -305,7 +324,7 @@ class QuicConnection:
         if space is None:
             space = self._ack_space = machine._spaces.get(tls.Epoch.ONE_RTT)
         if space is not None and space.ack_at is not None and (
-                with_ack or self._unacked_rx >= 2):
+                with_ack or machine.ms_unacked >= 2):
             space.ack_at = now
         datagrams = machine.datagrams_to_send(now)
         if datagrams:
@@ -316,8 +335,13 @@ class QuicConnection:
                 endpoint.oversized = False
                 self._shrink_datagrams()
         if space is not None and space.ack_at is None:
-            self._unacked_rx = 0
-        # Acknowledgements may have freed send capacity.
+            machine.ms_unacked = 0
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Wake writers that acknowledgements made room for, deliver events,
+        and move the timer task's deadline to the state machine's timer."""
+        machine = self._machine
         if self._send_waiters:
             for stream in list(self._send_waiters):
                 if machine.unacked_bytes(stream.stream_id) < self.config.stream_send_watermark:
@@ -331,9 +355,22 @@ class QuicConnection:
         if ka is not None and self._handshake_done.is_set():
             deadline = min(deadline, self._last_send + ka)
         if deadline != self._deadline:
-            self._deadline = deadline
-            if self._timer_scope is not None:
-                self._timer_scope.deadline = deadline
+            self._set_deadline(deadline)
+
+    def _set_deadline(self, deadline: float) -> None:
+        """Make ``deadline`` the timer task's next wake-up.
+
+        Moving a cancel scope's deadline is one of the dearest steps of a round
+        trip (Trio re-files the scope), and the timer moves later after nearly
+        every packet (the probe timer restarts with each send; an ACK going
+        out cancels the ACK timer).  So the scope's deadline is only ever
+        brought forward; a later one is noticed when the task wakes early,
+        finds nothing due and sleeps again — at most once per earlier deadline.
+        """
+        self._deadline = deadline
+        if deadline < self._armed and self._timer_scope is not None:
+            self._armed = deadline
+            self._timer_scope.deadline = deadline
 
     def _shrink_datagrams(self) -> None:
         """The kernel refused a datagram as larger than the path MTU it now
@@ -372,7 +409,6 @@ class QuicConnection:
         machine = self._machine
         machine.receive_datagram(data, addr, now)
         machine.ms_received = True
-        self._unacked_rx += 1
 
     async def _run_timer(self) -> None:
         """The connection's one task: wake at the state machine's timer, for a
@@ -383,6 +419,7 @@ class QuicConnection:
             while not self._terminated:
                 with trio.CancelScope(deadline=self._deadline) as scope:
                     self._timer_scope = scope
+                    self._armed = self._deadline
                     if self._flush_pending:
                         scope.cancel()
                     await trio.sleep_forever()
@@ -396,7 +433,7 @@ class QuicConnection:
                         self._pump(with_ack=True)
                 now = trio.current_time()
                 if now < self._deadline:
-                    continue  # woken only to flush
+                    continue  # woken to flush, or before a deadline that moved later
                 timer = machine.get_timer()
                 if timer is not None and now >= timer:
                     machine.handle_timer(now)

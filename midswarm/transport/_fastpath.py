@@ -1,0 +1,306 @@
+"""The short-header fast path: 1-RTT packets built and read without aioquic's
+general machinery, for the steady state of an established connection.
+
+Theory of operation
+-------------------
+Once the handshake is confirmed, almost every packet a midswarm connection
+sends or receives is a 1-RTT packet holding an ACK and a STREAM frame or two.
+aioquic builds and parses those with code that serves every packet type and
+every state (a packet builder with a second, empty packet per call; header
+parsing for long headers, migration and path validation; idle timers computed
+twice), which costs more than half of a small round trip.  This module does
+the same work for that one common case, calling aioquic's own primitives for
+everything that carries state — stream senders and receivers, frame handlers,
+loss recovery, congestion control, encryption — so the two paths cannot
+drift apart in what they record.
+
+Each entry point first checks a list of preconditions; when any one fails it
+declines (returns ``None`` / ``False``) *before changing anything*, and the
+caller runs aioquic's general code instead.  The rules:
+
+========================  ==================================================
+send: decline when         reason
+========================  ==================================================
+not CONNECTED+confirmed    handshake, closing: other packet types/frames
+logging on                 qlog wants every frame described
+control frame pending      PING, HANDSHAKE_DONE, NEW/RETIRE_CONNECTION_ID,
+                           STREAMS_BLOCKED, DATAGRAM, CRYPTO, MAX_DATA,
+                           MAX_STREAMS, path frames, probes
+stream needs non-data      RESET_STREAM, STOP_SENDING, MAX_STREAM_DATA,
+                           finished (must be discarded), new streams
+ACK of several ranges      may need an ACK-of-ACK PING
+paced or window full       the general path computes the pacing timer
+more than one packet       bulk data: the general path packs many packets
+========================  ==================================================
+
+========================  ==================================================
+receive: decline when      reason
+========================  ==================================================
+long header                handshake packets
+not CONNECTED+confirmed    keys and packet spaces still changing
+other address or CID       migration, path validation, CID rotation
+0-RTT keys still held      server must drop them on the first 1-RTT packet
+logging on                 qlog
+========================  ==================================================
+
+Frames inside a received packet are dispatched to aioquic's frame handlers,
+so every frame type is handled exactly as aioquic handles it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aioquic import tls
+from aioquic.buffer import Buffer
+from aioquic.quic.connection import (
+    QuicConnectionError,
+    QuicConnectionState,
+    QuicReceiveContext,
+)
+from aioquic.quic.crypto import CryptoError, KeyUnavailableError
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType, push_ack_frame
+from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.recovery import MAX_ACK_RANGES
+
+if TYPE_CHECKING:
+    from ._machine import Machine
+
+__all__ = ["control_clear", "fast_datagrams_to_send", "fast_receive_datagram"]
+
+_CONNECTED = QuicConnectionState.CONNECTED
+_ONE_RTT = tls.Epoch.ONE_RTT
+_ZERO_RTT = tls.Epoch.ZERO_RTT
+_ONE_RTT_PACKET = QuicPacketType.ONE_RTT
+_ACK = int(QuicFrameType.ACK)
+_STREAM_BASE = int(QuicFrameType.STREAM_BASE)
+#: Fixed bit, two-byte packet number (aioquic always sends two bytes).
+_FIRST_BYTE = 0x40 | 0x01
+#: The AEAD tag after the payload.
+_TAG = 16
+#: Header protection samples 16 bytes starting 4 bytes after the packet number
+#: starts; with a 2-byte packet number the payload must hold at least 2 bytes.
+_MIN_PAYLOAD = 2
+#: Room for an ACK frame of one range with every field at full size.
+_ACK_ROOM = 1 + 4 * 8
+
+
+def _streams_clear(m: Machine) -> bool:
+    """True if no stream in view needs anything but STREAM frames."""
+    window = m._ms_window
+    consumed = m.ms_consumed
+    for sid, stream in m.ms_active.items():
+        if stream.is_finished or stream.receiver.stop_pending or stream.sender.reset_pending:
+            return False
+        local = stream.max_stream_data_local
+        if local:
+            if stream.max_stream_data_local_sent != local:
+                return False
+            if consumed.get(sid, 0) + window - local >= window >> 2:
+                return False
+    return True
+
+
+def control_clear(m: Machine) -> bool:
+    """True if no connection-level frame other than ACK is waiting."""
+    if (m._handshake_done_pending or m._retire_connection_ids or m._streams_blocked_pending
+            or m._ping_pending or m._probe_pending or m._datagrams_pending
+            or m._streams_queue or m._ms_rescan or (m.ms_received and m.ms_closing)):
+        return False
+    if not m._crypto_streams[_ONE_RTT].sender.buffer_is_empty:
+        return False
+    for cid in m._host_cids:
+        if not cid.was_sent:
+            return False
+    max_data = m._local_max_data
+    if max_data.used * 2 > max_data.value or max_data.sent != max_data.value:
+        return False
+    return (m._local_max_streams_bidi.sent == m._local_max_streams_bidi.value
+            and m._local_max_streams_uni.sent == m._local_max_streams_uni.value)
+
+
+def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | None:
+    """What ``datagrams_to_send(now)`` would return, or ``None`` to decline."""
+    if (m._state is not _CONNECTED or not m._handshake_confirmed or m._close_pending
+            or m._quic_logger is not None or len(m._network_paths) != 1
+            or m._remote_preferred_address is not None):
+        return None
+    path = m._network_paths[0]
+    if not path.is_validated or path.remote_challenges:
+        return None
+    space = m._spaces[_ONE_RTT]
+    ack_at = space.ack_at
+    ack_due = ack_at is not None and ack_at <= now
+    active = m.ms_active
+    if not active and not ack_due:
+        # Nothing to send and nothing that could be: the common call after a
+        # receive whose reply already went out.
+        if m._ms_rescan or m._streams_queue or (m.ms_received and m.ms_closing):
+            return None
+        if not control_clear(m):
+            return None
+        m._pacing_at = None
+        return []
+    if not control_clear(m) or not _streams_clear(m):
+        return None
+    if ack_due and len(space.ack_queue) > 1:
+        return None  # aioquic may add an ACK-of-ACK PING
+    loss = m._loss
+    # aioquic consults the pacer unless an ACK is overdue.
+    if (ack_at is None or ack_at >= now) and loss._pacer.next_send_time(now=now) is not None:
+        return None
+
+    crypto = m._cryptos[_ONE_RTT]
+    peer_cid = m._peer_cid.cid
+    header_size = 3 + len(peer_cid)
+    capacity = m._max_datagram_size - header_size - _TAG
+    flight_room = loss.congestion_window - loss.bytes_in_flight
+
+    # Is everything going to fit in one packet?  Count before touching state.
+    need = _ACK_ROOM if ack_due else 0
+    data_room = m._remote_max_data - m._remote_max_data_used
+    for stream in active.values():
+        sender = stream.sender
+        if stream.is_blocked or sender.buffer_is_empty:
+            continue
+        pending = sender._pending
+        queued = sum(r.stop - r.start for r in pending)
+        if sender._buffer_stop > stream.max_stream_data_remote:
+            return None  # stream flow control would split it
+        new = sender._buffer_stop - sender.highest_offset
+        if new > 0:
+            data_room -= new
+        need += queued + 3 + 8 + 8
+    if need > capacity or data_room < 0:
+        return None
+    if need - (_ACK_ROOM if ack_due else 0) > 0 and need + header_size + _TAG > flight_room:
+        return None
+
+    buf = Buffer(capacity=capacity)
+    handlers: list[tuple[Any, Any]] = []
+    eliciting = False
+    if ack_due:
+        # ack_at is set only once a packet was received, so a time exists.
+        received = space.largest_received_time or now
+        delay = int((now - received) * 1000000) >> m._local_ack_delay_exponent
+        buf.push_uint_var(_ACK)
+        push_ack_frame(buf, space.ack_queue, delay, _ACK_ROOM - 1)
+        handlers.append((m._on_ack_delivery, (space, space.largest_received_packet)))
+        space.ack_at = None
+    used_total = 0
+    sent_streams = []
+    for stream in active.values():
+        sender = stream.sender
+        if stream.is_blocked or sender.buffer_is_empty:
+            continue
+        before = sender.highest_offset
+        frame = sender.get_frame(capacity, None)
+        if frame is None:
+            continue
+        frame_type = _STREAM_BASE | 2
+        if frame.offset:
+            frame_type |= 4
+        if frame.fin:
+            frame_type |= 1
+        buf.push_uint_var(frame_type)
+        buf.push_uint_var(stream.stream_id)  # type: ignore[arg-type]
+        if frame.offset:
+            buf.push_uint_var(frame.offset)
+        data = frame.data
+        buf.push_uint16(len(data) | 0x4000)
+        buf.push_bytes(data)
+        handlers.append((sender.on_data_delivery,
+                         (frame.offset, frame.offset + len(data), frame.fin)))
+        if not len(sender._pending) and not sender._pending_eof:
+            sender.buffer_is_empty = True  # what the next get_frame would find
+        used_total += sender.highest_offset - before
+        eliciting = True
+        sent_streams.append(stream)
+    m._remote_max_data_used += used_total
+    m._pacing_at = None
+    if not handlers:
+        return []
+    in_flight = eliciting
+    if buf.tell() < _MIN_PAYLOAD:
+        buf.push_bytes(bytes(_MIN_PAYLOAD - buf.tell()))
+        in_flight = True
+
+    pn = m._packet_number
+    first = _FIRST_BYTE | (m._spin_bit << 5) | (crypto.key_phase << 2)
+    header = bytes((first,)) + peer_cid + (pn & 0xFFFF).to_bytes(2, "big")
+    datagram = crypto.encrypt_packet(header, buf.data, pn)
+    m._packet_number = pn + 1
+    packet = QuicSentPacket(
+        epoch=_ONE_RTT, in_flight=in_flight, is_ack_eliciting=eliciting,
+        is_crypto_packet=False, packet_number=pn, packet_type=_ONE_RTT_PACKET,
+        sent_time=now, sent_bytes=len(datagram), delivery_handlers=handlers)
+    loss.on_packet_sent(packet=packet, space=space)
+    loss._pacer.update_after_send(now=now)
+    if eliciting:
+        if not m._ack_eliciting_sent_since_receipt:
+            m._close_at = now + m._idle_timeout()
+            m._ack_eliciting_sent_since_receipt = True
+    path.bytes_sent += len(datagram)
+    m.ms_after_send(sent_streams)
+    return [(datagram, path.addr)]
+
+
+def fast_receive_datagram(m: Machine, data: bytes, addr: Any, now: float) -> bool:
+    """Handle ``data`` as ``receive_datagram`` would; ``False`` to decline."""
+    cid = m.host_cid
+    cid_len = len(cid)
+    if (data[0] & 0x80 or m._state is not _CONNECTED or not m._handshake_confirmed
+            or m._quic_logger is not None or len(m._network_paths) != 1
+            or m._close_at is None or len(data) < 1 + cid_len + 4 + _TAG):
+        return False
+    path = m._network_paths[0]
+    if path.addr != addr or not path.is_validated or data[1:1 + cid_len] != cid:
+        return False
+    if not m._is_client and m._cryptos[_ZERO_RTT].recv.is_valid():
+        return False
+
+    space = m._spaces[_ONE_RTT]
+    try:
+        plain_header, payload, pn = m._cryptos[_ONE_RTT].decrypt_packet(
+            data, 1 + cid_len, space.expected_packet_number)
+    except (KeyUnavailableError, CryptoError):
+        return True  # dropped, as aioquic drops it
+    if pn in space.received_packets:
+        return True  # duplicate
+    if plain_header[0] & 0x18:
+        m.close(error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                frame_type=QuicFrameType.PADDING,
+                reason_phrase="Reserved bits must be zero")
+        return True
+    if pn > space.expected_packet_number:
+        space.expected_packet_number = pn + 1
+    if pn > m._spin_highest_pn:
+        spin = bool(plain_header[0] & 0x20)
+        m._spin_bit = (not spin) if m._is_client else spin
+        m._spin_highest_pn = pn
+
+    context = QuicReceiveContext(epoch=_ONE_RTT, host_cid=cid, network_path=path,
+                                 quic_logger_frames=None, time=now, version=None)
+    eliciting = False
+    try:
+        eliciting, _probing = m._payload_received(context, payload)
+    except QuicConnectionError as exc:
+        m._logger.warning(exc)
+        m.close(error_code=exc.error_code, frame_type=exc.frame_type,
+                reason_phrase=exc.reason_phrase)
+    if m._state is not _CONNECTED or m._close_pending:
+        return True
+    m._close_at = now + m._idle_timeout()
+    m._ack_eliciting_sent_since_receipt = False
+    if not space.discarded:
+        if pn > space.largest_received_packet:
+            space.largest_received_packet = pn
+            space.largest_received_time = now
+        space.ack_queue.add(pn)
+        space.received_packets.add(pn)
+        if len(space.ack_queue) > MAX_ACK_RANGES:
+            space.ack_queue.shift()
+        if eliciting and space.ack_at is None:
+            space.ack_at = now + m._ack_delay
+    return True
+

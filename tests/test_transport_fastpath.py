@@ -1,0 +1,195 @@
+"""The short-header fast path (``_fastpath.py``): taken in the steady state,
+byte-compatible with aioquic's general code in both directions, and declined
+whenever anything but STREAM and ACK frames is due."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from _helpers import echo_handler, quic_pair
+from aioquic import tls
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection as AioQuicConnection
+
+from midswarm.transport import MessageStream, QuicConfig, _machine
+from midswarm.transport._endpoint import _base_configuration, _Endpoint
+from midswarm.transport._fastpath import fast_datagrams_to_send, fast_receive_datagram
+from midswarm.transport._machine import Machine
+
+ADDR = ("127.0.0.1", 4433)
+
+
+# --- a connected pair of state machines, no sockets --------------------------------
+
+
+def _exchange(a: Machine, b: Machine, now: float) -> None:
+    for data, _ in a.datagrams_to_send(now):
+        b.receive_datagram(data, ADDR, now)
+
+
+@pytest.fixture
+def machines(certs: Path) -> Iterator[tuple[Machine, Machine]]:
+    """A client and a server machine with a confirmed handshake."""
+    cfg = QuicConfig()
+    server_conf = _base_configuration(cfg, is_client=False, handshake_size=1452)
+    server_conf.load_cert_chain(certs / "coordinator.pem", certs / "coordinator.key")
+    client_conf = _base_configuration(cfg, is_client=True, handshake_size=1452)
+    client_conf.server_name = "localhost"
+    client_conf.load_verify_locations(cafile=str(certs / "ca.pem"))
+    client = Machine(config=cfg, configuration=client_conf)
+    client.connect(ADDR, now=0.0)
+    first = client.datagrams_to_send(0.0)
+    server = Machine(config=cfg, configuration=server_conf,
+                     original_destination_connection_id=client._peer_cid.cid)
+    for data, _ in first:
+        server.receive_datagram(data, ADDR, 0.0)
+    now = 0.0
+    for _ in range(6):
+        now += 0.001
+        _exchange(server, client, now)
+        _exchange(client, server, now)
+    assert client._handshake_confirmed and server._handshake_confirmed
+    client._events.clear()
+    server._events.clear()
+    yield client, server
+
+
+def _stream_data(machine: Machine) -> list[bytes]:
+    return [e.data for e in machine._events if isinstance(e, events.StreamDataReceived)]
+
+
+def test_fast_packets_are_read_by_aioquics_general_code(
+        machines: tuple[Machine, Machine]) -> None:
+    client, server = machines
+    sid = client.get_next_available_stream_id()
+    client.send_stream_data(sid, b"first")  # a new stream: the general path
+    _exchange(client, server, 1.0)
+    server._events.clear()
+    client.send_stream_data(sid, b"hello")
+    client._spaces[tls.Epoch.ONE_RTT].ack_at = 1.0  # carry an ACK as well
+    sent = fast_datagrams_to_send(client, 1.01)
+    assert sent is not None and len(sent) == 1
+    AioQuicConnection.receive_datagram(server, sent[0][0], ADDR, 1.01)
+    assert _stream_data(server) == [b"hello"]
+
+
+def test_general_packets_are_read_by_the_fast_path(
+        machines: tuple[Machine, Machine]) -> None:
+    client, server = machines
+    sid = client.get_next_available_stream_id()
+    client.send_stream_data(sid, b"one")
+    _exchange(client, server, 1.0)
+    server._events.clear()
+    server.send_stream_data(sid, b"reply")
+    datagrams = AioQuicConnection.datagrams_to_send(server, 1.01)
+    assert len(datagrams) == 1
+    assert fast_receive_datagram(client, datagrams[0][0], ADDR, 1.01)
+    assert _stream_data(client) == [b"reply"]
+    # The server's data is acknowledged by the client's next (fast) packet.
+    client.send_stream_data(sid, b"two")
+    client._spaces[tls.Epoch.ONE_RTT].ack_at = 1.02
+    sent = fast_datagrams_to_send(client, 1.02)
+    assert sent is not None
+    in_flight = server._loss.bytes_in_flight
+    assert fast_receive_datagram(server, sent[0][0], ADDR, 1.02)
+    assert server._loss.bytes_in_flight < in_flight
+
+
+def test_nothing_to_send_is_answered_without_a_packet(
+        machines: tuple[Machine, Machine]) -> None:
+    client, _ = machines
+    assert fast_datagrams_to_send(client, 2.0) == []
+
+
+@pytest.mark.parametrize("make_due", [
+    lambda m, sid: m.send_ping(7),
+    lambda m, sid: m.reset_stream(sid, 5),
+    lambda m, sid: m.stop_stream(sid, 5),
+    lambda m, sid: m.send_datagram_frame(b"x"),
+    lambda m, sid: m.close(error_code=0, reason_phrase="bye"),
+], ids=["ping", "reset", "stop-sending", "datagram", "close"])
+def test_fast_path_declines_when_other_frames_are_due(
+        machines: tuple[Machine, Machine], make_due: Any) -> None:
+    client, server = machines
+    sid = client.get_next_available_stream_id()
+    client.send_stream_data(sid, b"open")
+    _exchange(client, server, 1.0)
+    client.send_stream_data(sid, b"more")
+    make_due(client, sid)
+    assert fast_datagrams_to_send(client, 1.1) is None
+    # ... and the general path sends it all.
+    assert client.datagrams_to_send(1.1)
+
+
+def test_fast_path_declines_data_that_needs_several_packets(
+        machines: tuple[Machine, Machine]) -> None:
+    client, server = machines
+    sid = client.get_next_available_stream_id()
+    client.send_stream_data(sid, b"open")
+    _exchange(client, server, 1.0)
+    client.send_stream_data(sid, bytes(5000))
+    assert fast_datagrams_to_send(client, 1.1) is None
+    assert len(client.datagrams_to_send(1.1)) >= 4
+
+
+def test_fast_receive_declines_an_unknown_address(machines: tuple[Machine, Machine]) -> None:
+    client, server = machines
+    sid = client.get_next_available_stream_id()
+    client.send_stream_data(sid, b"open")
+    _exchange(client, server, 1.0)
+    client.send_stream_data(sid, b"moved")
+    sent = client.datagrams_to_send(1.1)
+    assert not fast_receive_datagram(server, sent[0][0], ("127.0.0.2", 9), 1.1)
+
+
+# --- over real sockets ----------------------------------------------------------------
+
+
+async def test_round_trips_take_the_fast_path_one_datagram_each_way(
+        certs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request/reply exchange costs one datagram in each direction (the
+    reply carries the ACK; no ACK-only packets bounce back and forth), and
+    the fast path builds and reads them."""
+    sent: Counter[str] = Counter()
+    path: Counter[str] = Counter()
+    send_datagrams = _Endpoint.send_datagrams
+
+    def counting_send(self: _Endpoint, datagrams: list[tuple[bytes, Any]]) -> None:
+        sent["client" if self._connected else "server"] += len(datagrams)
+        send_datagrams(self, datagrams)
+
+    def counting_fast_send(m: Machine, now: float) -> Any:
+        result = fast_datagrams_to_send(m, now)
+        path["send fast" if result is not None else "send general"] += 1
+        return result
+
+    def counting_fast_receive(m: Machine, data: bytes, addr: Any, now: float) -> bool:
+        taken = fast_receive_datagram(m, data, addr, now)
+        path["receive fast" if taken else "receive general"] += 1
+        return taken
+
+    rounds = 200
+    with trio.fail_after(30):
+        async with quic_pair(echo_handler, certs, QuicConfig()) as (_, conn):
+            stream = MessageStream(await conn.open_stream())
+            for _ in range(20):  # the handshake is confirmed, the stream known
+                await stream.send_message(b"E" + bytes(400))
+                await stream.receive_message()
+            monkeypatch.setattr(_Endpoint, "send_datagrams", counting_send)
+            monkeypatch.setattr(_machine, "fast_datagrams_to_send", counting_fast_send)
+            monkeypatch.setattr(_machine, "fast_receive_datagram", counting_fast_receive)
+            for _ in range(rounds):
+                await stream.send_message(b"E" + bytes(400))
+                assert len(await stream.receive_message()) == 401
+            counts = dict(sent)
+            monkeypatch.undo()
+    # A timer-driven ACK or probe may add a few datagrams; not one per round.
+    assert rounds <= counts["client"] <= rounds + 10, counts
+    assert rounds <= counts["server"] <= rounds + 10, counts
+    assert path["send general"] <= 10 and path["receive general"] <= 10, path
+    assert path["receive fast"] >= 2 * rounds, path
