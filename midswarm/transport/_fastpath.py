@@ -81,6 +81,8 @@ _TAG = 16
 #: Header protection samples 16 bytes starting 4 bytes after the packet number
 #: starts; with a 2-byte packet number the payload must hold at least 2 bytes.
 _MIN_PAYLOAD = 2
+#: Room for a STREAM frame's type, stream id, offset and 2-byte length.
+_STREAM_ROOM = 1 + 8 + 8 + 2
 #: Room for an ACK frame of one range with every field at full size.
 _ACK_ROOM = 1 + 4 * 8
 
@@ -159,23 +161,25 @@ def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | 
     # Is everything going to fit in one packet?  Count before touching state.
     need = _ACK_ROOM if ack_due else 0
     data_room = m._remote_max_data - m._remote_max_data_used
+    ready = []
     for stream in active.values():
         sender = stream.sender
         if stream.is_blocked or sender.buffer_is_empty:
             continue
-        pending = sender._pending
-        queued = sum(r.stop - r.start for r in pending)
         if sender._buffer_stop > stream.max_stream_data_remote:
             return None  # stream flow control would split it
         new = sender._buffer_stop - sender.highest_offset
         if new > 0:
             data_room -= new
-        need += queued + 3 + 8 + 8
+        # What is queued lies within the bounds of the pending ranges (exactly,
+        # when there is one range: no retransmission).
+        pending = sender._pending.bounds() if len(sender._pending) else None
+        need += (pending.stop - pending.start if pending is not None else 0) + _STREAM_ROOM
+        ready.append(stream)
     if need > capacity or data_room < 0:
         return None
-    if need - (_ACK_ROOM if ack_due else 0) > 0 and need + header_size + _TAG > flight_room:
-        return None
-
+    if ready and need + header_size + _TAG > flight_room:
+        return None  # the congestion window is full: the general path waits
     buf = Buffer(capacity=capacity)
     handlers: list[tuple[Any, Any]] = []
     eliciting = False
@@ -189,10 +193,8 @@ def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | 
         space.ack_at = None
     used_total = 0
     sent_streams = []
-    for stream in active.values():
+    for stream in ready:
         sender = stream.sender
-        if stream.is_blocked or sender.buffer_is_empty:
-            continue
         before = sender.highest_offset
         frame = sender.get_frame(capacity, None)
         if frame is None:
