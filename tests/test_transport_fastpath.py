@@ -137,6 +137,20 @@ def test_fast_path_declines_data_that_needs_several_packets(
     assert len(client.datagrams_to_send(1.1)) >= 4
 
 
+def test_fast_path_declines_when_the_congestion_window_is_full(
+        machines: tuple[Machine, Machine]) -> None:
+    client, server = machines
+    sid = client.get_next_available_stream_id()
+    client.send_stream_data(sid, b"open")
+    _exchange(client, server, 1.0)
+    cc = client._loss._cc
+    cc.congestion_window = client._loss.bytes_in_flight + 100
+    client.send_stream_data(sid, bytes(400))
+    assert fast_datagrams_to_send(client, 1.1) is None
+    cc.congestion_window += 10_000
+    assert fast_datagrams_to_send(client, 1.1)
+
+
 def test_fast_receive_declines_an_unknown_address(machines: tuple[Machine, Machine]) -> None:
     client, server = machines
     sid = client.get_next_available_stream_id()
