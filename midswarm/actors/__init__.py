@@ -17,7 +17,8 @@ from ._errors import (
     AskTimeout,
     RestartIntensityExceeded,
 )
-from ._remote import remote_ref, serve_actor
+from ._remote import remote_ref
+from ._serve import serve_actor
 from ._spec import Backoff, ChildSpec, ChildStatus, SupervisionEvent, SupervisorSpec
 from ._supervisor import Supervisor, open_supervisor
 from ._wire import ActorReply, ActorRequest, BoxedError

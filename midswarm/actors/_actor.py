@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import outcome
 import trio
 
 from ._errors import ActorStopped, AskTimeout
 
-__all__ = ["Actor", "ActorRef", "LocalActorRef", "check_timeout"]
+__all__ = ["Actor", "ActorRef", "Feed", "LocalActorRef", "check_timeout"]
 
 
 class Actor:
@@ -171,18 +171,45 @@ class ActorRef:
         raise NotImplementedError
 
 
+class Feed(Protocol):
+    """A source an idle actor may read messages from itself, besides its mailbox
+    (a stream served by ``serve_actor``): see ``_serve.py``."""
+
+    async def next_item(self, receive: trio.MemoryReceiveChannel[Any]) -> Any:
+        """The next message, from the mailbox ``receive`` or the feed.  A
+        schedule point, and cancel-safe (nothing is taken when cancelled)."""
+        ...
+
+    def actor_gone(self) -> None:
+        """The actor's instance has ended."""
+        ...
+
+
 class LocalActorRef(ActorRef):
     """A ref to an actor in this Trio run: the send side of its mailbox."""
 
-    __slots__ = ("name", "_send", "closed_reason")
+    __slots__ = ("name", "_send", "closed_reason", "feed", "pull_scope", "pulling")
 
     def __init__(self, name: str, send: trio.MemorySendChannel[Any]) -> None:
         self.name = name
         self._send = send
         #: Set by the supervisor when the mailbox is closed for good.
         self.closed_reason = "the actor has stopped"
+        #: Where the idle actor also looks for messages (one served stream).
+        self.feed: Feed | None = None
+        #: While ``pulling`` (the actor waits on its feed), whatever enters the
+        #: mailbox cancels ``pull_scope`` first, so the actor comes back for it.
+        self.pull_scope: trio.CancelScope | None = None
+        self.pulling = False
+
+    def interrupt_pull(self) -> None:
+        """Make the actor stop waiting on its feed and look at its mailbox."""
+        if self.pulling and self.pull_scope is not None:
+            self.pull_scope.cancel()
 
     async def tell(self, msg: Any) -> None:
+        if self.pulling:
+            self.interrupt_pull()
         try:
             await self._send.send(msg)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -197,6 +224,8 @@ class LocalActorRef(ActorRef):
 
         Raises :class:`ActorStopped` if the mailbox is closed for good.
         """
+        if self.pulling:
+            self.interrupt_pull()
         try:
             self._send.send_nowait(item)
         except trio.WouldBlock:

@@ -157,28 +157,53 @@ async def run_actor(child: Child, inst: Instance, started: Started) -> None:
     started.started()
     handle = actor.handle
     receive = child.receive
+    ref = child.ref
+    assert ref is not None
     item = child.held
     child.held = _EMPTY
-    with inst.loop_scope:
-        while True:
-            if item is _EMPTY:
-                if inst.stop_requested or actor._stop_requested:
-                    break
-                inst.idle = True
-                item = await receive.receive()
-                inst.idle = False
-                if inst.stop_requested:
-                    # The stop request came while the message was on its way to
-                    # us: keep it for the next instance rather than start on it.
-                    child.held = item
-                    break
-            inst.current = item
-            if type(item) is _Ask:
-                result = await handle(item.msg)
-                item.reply.resolve(outcome.Value(result))
-            else:
-                await handle(item)
-            inst.current = item = _EMPTY
+    try:
+        with inst.loop_scope:
+            running = True
+            while running:
+                # A put into the mailbox cancels this scope while the actor
+                # waits on its feed (ref.pulling); after that it is spent and
+                # a fresh one is made.  It is never cancelled while the actor
+                # handles a message.
+                interrupt = ref.pull_scope = trio.CancelScope()
+                with interrupt:
+                    while True:
+                        if item is _EMPTY:
+                            if inst.stop_requested or actor._stop_requested:
+                                running = False
+                                break
+                            inst.idle = True
+                            feed = ref.feed
+                            if feed is None:
+                                item = await receive.receive()
+                            else:
+                                item = await feed.next_item(receive)
+                            inst.idle = False
+                            if inst.stop_requested:
+                                # The stop request came while the message was on
+                                # its way to us: keep it for the next instance
+                                # rather than start on it.
+                                child.held = item
+                                running = False
+                                break
+                            if interrupt.cancel_called:
+                                break  # handle it outside the spent scope
+                        inst.current = item
+                        if type(item) is _Ask:
+                            result = await handle(item.msg)
+                            item.reply.resolve(outcome.Value(result))
+                        else:
+                            await handle(item)
+                        inst.current = item = _EMPTY
+    finally:
+        ref.pull_scope = None
+        # A stream this instance was reading goes back to its server.
+        if ref.feed is not None:
+            ref.feed.actor_gone()
     inst.on_stop_called = True
     await actor.on_stop()
 

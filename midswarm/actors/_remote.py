@@ -1,24 +1,15 @@
-"""Binding an actor's mailbox to a message stream.
+"""A ref to an actor at the other end of a message stream (:func:`remote_ref`).
 
-The envelopes on the stream are described in ``_wire.py``.
+The envelopes on the stream are described in ``_wire.py``, the serving side in
+``_serve.py``.
 
 Theory of operation
 -------------------
-*Serving* (:func:`serve_actor`): one task reads requests in order and puts
-them into the actor's mailbox, so a full mailbox stops the reading, the stream's
-flow control fills up, and the remote teller waits: backpressure end to end.
-An ask's reply slot gets a callback that runs in the actor's task when it
-answers: it writes the reply itself when the stream takes it without waiting,
-else hands it to a writer task.  At most ``max_pending_asks`` asks are
-outstanding per stream (more stop the reading too), so nothing here grows
-without bound.  Because the ref behind the stream is the supervisor's ref, a
-restarted actor keeps serving the same stream.
-
-*Calling* (:func:`remote_ref`): ``tell``/``ask`` encode the request and write
-it themselves when nothing is queued ahead of them and the stream takes it
-without waiting; otherwise they queue it for one writer task.  Either way a
-frame is written whole or not at all, so cancelling a caller (an ``ask`` timing
-out) never leaves half a frame on the wire, and frames leave in call order.
+``tell``/``ask`` encode the request and write it themselves when nothing is
+queued ahead of them and the stream takes it without waiting; otherwise they
+queue it for one writer task.  Either way a frame is written whole or not at
+all, so cancelling a caller (an ``ask`` timing out) never leaves half a frame
+on the wire, and frames leave in call order.
 
 Replies are read by whoever holds the *read role* (``_reader``): an asker, or
 the background reader task.  An asker that finds the role free takes it and
@@ -45,183 +36,17 @@ import outcome
 import trio
 
 from .._util import open_service_nursery
-from ..transport import MessageStream, ProtocolError, encode
-from ._actor import Actor, ActorRef, LocalActorRef, _Ask, _Reply, check_timeout
-from ._errors import ActorError, ActorStopped, ActorUnreachable, AskTimeout, exception_type_name
-from ._spec import ChildSpec
-from ._supervisor import open_supervisor
-from ._wire import (
-    ActorReply,
-    BoxedError,
-    decode_payload,
-    parse_reply,
-    parse_request,
-    reply_bytes,
-    request_bytes,
-)
+from ..transport import MessageStream, ProtocolError
+from ._actor import ActorRef, check_timeout
+from ._errors import ActorError, ActorUnreachable, AskTimeout
+from ._serve import close_quietly
+from ._wire import BoxedError, decode_payload, parse_reply, request_bytes
 
-__all__ = ["serve_actor", "remote_ref"]
+__all__ = ["RemoteActorRef", "remote_ref"]
 
 #: Frames up to this size may be written by the calling task itself (shielded,
 #: so they must be quick to write); larger ones always go through the writer.
 _DIRECT_SEND_LIMIT = 64 * 1024
-
-
-async def _close_quietly(stream: MessageStream) -> None:
-    try:
-        await stream.aclose()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
-# --------------------------------------------------------------------- serving
-
-async def serve_actor(target: ActorRef | ChildSpec | Callable[[], Actor],
-                      stream: MessageStream, *, max_pending_asks: int = 256) -> None:
-    """Serve an actor's mailbox from ``stream`` until the stream ends.
-
-    ``target`` is a ref from :meth:`Supervisor.start_child` (the usual case: the
-    binding survives restarts of that actor), or a :class:`ChildSpec` or actor
-    factory, which is then run for the duration of the call under a private
-    ``one_for_one`` supervisor with default settings.
-
-    Requests are put into the mailbox in stream order; asks are answered on
-    the stream in the order they complete.  Returns after the peer closes its
-    side (and every ask already accepted has been answered), or after the
-    served actor is gone for good (the peer is told, then the stream closes).
-    Raises :class:`~midswarm.transport.ProtocolError` for garbage on the
-    stream, after closing it, and :class:`trio.BrokenResourceError` /
-    :class:`trio.ClosedResourceError` if the stream broke.  A private
-    supervisor that gives up raises :class:`RestartIntensityExceeded`.  The
-    stream is closed when this returns or raises.
-    """
-    if isinstance(max_pending_asks, bool) or not isinstance(max_pending_asks, int) \
-            or max_pending_asks < 1:
-        raise ValueError(f"max_pending_asks must be a positive int; got {max_pending_asks!r}")
-    if not isinstance(stream, MessageStream):
-        raise TypeError(f"stream must be a MessageStream; got {type(stream).__name__}")
-    if isinstance(target, LocalActorRef):
-        await _StreamServer(target, stream, max_pending_asks).run()
-        return
-    if isinstance(target, ActorRef):
-        raise TypeError("serve_actor() serves a local actor; got a ref to a remote one")
-    spec = target if isinstance(target, ChildSpec) else ChildSpec(target)
-    async with open_supervisor(name=f"serve_actor:{spec.name}") as sup:
-        ref = await sup.start_child(spec)
-        assert isinstance(ref, LocalActorRef)
-        await _StreamServer(ref, stream, max_pending_asks).run()
-
-
-class _StreamServer:
-    def __init__(self, ref: LocalActorRef, stream: MessageStream, max_pending: int) -> None:
-        self.ref = ref
-        self.stream = stream
-        self.done_send, self.done_recv = trio.open_memory_channel[
-            tuple[int, outcome.Outcome[Any]]](max_pending)
-        self.slots = trio.Semaphore(max_pending)
-        self.max_pending = max_pending
-        #: Replies handed to the writer task and not yet written.
-        self.queued_replies = 0
-        self.error: BaseException | None = None
-        self.gone: ActorStopped | None = None
-
-    async def run(self) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_replies, nursery.cancel_scope)
-                await self._read_requests(nursery.cancel_scope)
-        finally:
-            await _close_quietly(self.stream)
-        if self.error is not None:
-            raise self.error
-
-    def _fail(self, exc: BaseException, scope: trio.CancelScope) -> None:
-        if self.error is None:
-            self.error = exc
-        scope.cancel()
-
-    def _forward_reply(self, reply: _Reply, result: outcome.Outcome[Any]) -> None:
-        # Runs inside the actor's loop when it answers: must never raise.
-        # When no reply is queued ahead and the stream can take the frame
-        # without waiting, write it from here: one scheduling hop less on the
-        # reply's path.  Otherwise (or on any error) the writer task sends it.
-        if self.queued_replies == 0:
-            try:
-                if self.stream.send_message_nowait(self._encode_reply(reply.tag, result)):
-                    self.slots.release()
-                    return
-            except Exception:
-                pass  # the writer task will meet the same condition and report it
-        try:
-            self.done_send.send_nowait((reply.tag, result))
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            return  # the stream is gone; nobody is left to tell
-        self.queued_replies += 1
-
-    async def _read_requests(self, scope: trio.CancelScope) -> None:
-        receive = self.stream.receive_message
-        ref = self.ref
-        try:
-            while True:
-                try:
-                    raw = await receive()
-                except trio.EndOfChannel:
-                    break
-                ask_id, _, msg = parse_request(raw)
-                if ask_id == 0:
-                    item = msg
-                else:
-                    # The non-blocking forms first: each checkpoint we skip is
-                    # a scheduling round off the reply's critical path.
-                    try:
-                        self.slots.acquire_nowait()
-                    except trio.WouldBlock:
-                        await self.slots.acquire()
-                    item = _Ask(msg, _Reply(self._forward_reply, ask_id))
-                if not ref.put_nowait(item):
-                    await ref.put(item)
-        except ActorStopped as exc:
-            self.gone = exc
-        except ProtocolError as exc:
-            self._fail(exc, scope)
-            return
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._fail(exc, scope)
-            return
-        # No more requests: let the writer finish the outstanding replies.
-        for _ in range(self.max_pending):
-            await self.slots.acquire()
-        self.done_send.close()
-
-    async def _write_replies(self, scope: trio.CancelScope) -> None:
-        try:
-            async for ask_id, result in self.done_recv:
-                await self.stream.send_message(self._encode_reply(ask_id, result))
-                self.queued_replies -= 1
-                self.slots.release()
-            if self.gone is not None:
-                notice = ActorReply(0, False, error=BoxedError.box(self.gone, self.ref.name))
-                await self.stream.send_message(encode(notice))
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._fail(exc, scope)
-
-    def _encode_reply(self, ask_id: int, result: outcome.Outcome[Any]) -> bytes:
-        if isinstance(result, outcome.Value):
-            try:
-                data = reply_bytes(ask_id, result.value)
-                if len(data) <= self.stream.max_message_size:
-                    return data
-                why: BaseException = ValueError(
-                    f"the reply ({len(data)} bytes) exceeds max_message_size="
-                    f"{self.stream.max_message_size}")
-            except (TypeError, ValueError) as exc:
-                why = exc
-            error = BoxedError("failed", self.ref.name, exception_type_name(why),
-                               f"the reply could not be sent over the stream: {why}")
-        else:
-            assert isinstance(result, outcome.Error)
-            error = BoxedError.box(result.error, self.ref.name)
-        return encode(ActorReply(ask_id, False, error=error))
 
 
 # --------------------------------------------------------------------- calling
@@ -345,7 +170,7 @@ class RemoteActorRef(ActorRef):
         reason = f"the stream broke while sending: {exc!r}"
         self._break(lambda: ActorUnreachable(self.name, reason))
         with trio.CancelScope(shield=True):
-            await _close_quietly(self._stream)
+            await close_quietly(self._stream)
 
     def _request(self, ask_id: int, kind: str, msg: Any) -> bytes:
         data = request_bytes(ask_id, kind, msg)
@@ -473,7 +298,7 @@ class RemoteActorRef(ActorRef):
                 self._deliver(raw)
         except ProtocolError as exc:
             with trio.CancelScope(shield=True):
-                await _close_quietly(self._stream)
+                await close_quietly(self._stream)
             return f"protocol error on the stream: {exc}"
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             return f"the stream broke: {exc!r}"
@@ -536,4 +361,4 @@ async def remote_ref(stream: MessageStream, name: str = "remote") -> AsyncIterat
             ref._requests_send.close()
     finally:
         ref._break(lambda: ActorUnreachable(name, "the remote_ref block has exited"))
-        await _close_quietly(stream)
+        await close_quietly(stream)
