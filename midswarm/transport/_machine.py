@@ -3,8 +3,10 @@ pacing and stream scheduling (see the theory of operation in ``_quic.py``)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+from aioquic.quic import connection as _aioquic_connection
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
     QuicConnectionState,
@@ -22,6 +24,16 @@ from ._config import QuicConfig
 from ._fastpath import control_clear, fast_datagrams_to_send, fast_receive_datagram
 
 __all__ = ["Machine"]
+
+# aioquic's QuicConnection.__init__ builds its frame-handler table with some
+# thirty calls of EPOCHS("...") — each a new frozenset from a string, ~80 us of
+# every connection's setup.  The function is pure and its results immutable,
+# so remembering them changes nothing else.
+if not hasattr(_aioquic_connection.EPOCHS, "cache_info"):
+    _aioquic_connection.EPOCHS = functools.lru_cache(maxsize=None)(_aioquic_connection.EPOCHS)
+
+#: Connection IDs we let the peer issue to us (RFC 9000's minimum).
+_ACTIVE_CONNECTION_IDS = 2
 
 #: Key-share groups a client offers, in order of preference.
 _CLIENT_GROUPS = (Group.SECP256R1, Group.X25519)
@@ -60,6 +72,10 @@ class Machine(_AioQuicConnection):
     def __init__(self, *, config: QuicConfig, request_client_cert: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Ask the peer for one spare connection ID, not seven: each costs a
+        # NEW_CONNECTION_ID frame to build and to parse in the first flights,
+        # on every connection's critical path, and midswarm never migrates.
+        self._local_active_connection_id_limit = _ACTIVE_CONNECTION_IDS
         # aioquic hard-codes 128; it replenishes one per finished stream, so this
         # is the number of peer-opened streams open at once.
         for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
