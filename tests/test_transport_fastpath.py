@@ -207,3 +207,20 @@ async def test_round_trips_take_the_fast_path_one_datagram_each_way(
     assert rounds <= counts["server"] <= rounds + 10, counts
     assert path["send general"] <= 10 and path["receive general"] <= 10, path
     assert path["receive fast"] >= 2 * rounds, path
+
+
+def test_steady_state_timer_matches_aioquics(machines: tuple[Machine, Machine]) -> None:
+    client, server = machines
+    for m in (client, server):  # the steady state ms_timer computes itself
+        assert m._spaces[tls.Epoch.INITIAL].discarded and m._spaces[tls.Epoch.HANDSHAKE].discarded
+    sid = client.get_next_available_stream_id()
+    now = 1.0
+    for i in range(20):
+        now += 0.0003
+        client.send_stream_data(sid, b"ping %d" % i)
+        _exchange(client, server, now)
+        if i % 3:  # sometimes answer, sometimes leave an ACK pending
+            server.send_stream_data(sid, b"pong")
+            _exchange(server, client, now)
+        for m in (client, server):
+            assert m.ms_timer() == m.get_timer()
