@@ -22,7 +22,7 @@ from aioquic.tls import Group
 from aioquic.tls import State as TlsState
 
 from ._config import QuicConfig
-from ._fastpath import control_clear, fast_datagrams_to_send, fast_receive_datagram
+from ._fastpath import control_clear, fast_ack, fast_datagrams_to_send, fast_receive_datagram
 
 __all__ = ["Machine"]
 
@@ -296,6 +296,10 @@ class Machine(_AioQuicConnection):
                     context._server_expect_finished()
 
             context._server_handle_hello = server_handle_hello  # type: ignore[method-assign]
+
+    def _handle_ack_frame(self, context: Any, frame_type: int, buf: Any) -> None:
+        if not fast_ack(self, context, frame_type, buf):
+            super()._handle_ack_frame(context, frame_type, buf)
 
     def _handle_padding_frame(self, context: Any, frame_type: int, buf: Any) -> None:
         # aioquic steps through padding a byte at a time in Python: ~40 us for
