@@ -60,19 +60,20 @@ from aioquic.quic.connection import (
 )
 from aioquic.quic.crypto import CryptoError, KeyUnavailableError
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType, push_ack_frame
-from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicSentPacket
 from aioquic.quic.recovery import MAX_ACK_RANGES
 
 if TYPE_CHECKING:
     from ._machine import Machine
 
-__all__ = ["control_clear", "fast_datagrams_to_send", "fast_receive_datagram"]
+__all__ = ["control_clear", "fast_ack", "fast_datagrams_to_send", "fast_receive_datagram"]
 
 _CONNECTED = QuicConnectionState.CONNECTED
 _ONE_RTT = tls.Epoch.ONE_RTT
 _ZERO_RTT = tls.Epoch.ZERO_RTT
 _ONE_RTT_PACKET = QuicPacketType.ONE_RTT
 _ACK = int(QuicFrameType.ACK)
+_ACKED = QuicDeliveryState.ACKED
 _STREAM_BASE = int(QuicFrameType.STREAM_BASE)
 #: Fixed bit, two-byte packet number (aioquic always sends two bytes).
 _FIRST_BYTE = 0x40 | 0x01
@@ -306,3 +307,83 @@ def fast_receive_datagram(m: Machine, data: bytes, addr: Any, now: float) -> boo
             space.ack_at = now + m._ack_delay
     return True
 
+
+
+def fast_ack(m: Machine, context: Any, frame_type: int, buf: Buffer) -> bool:
+    """Handle an ACK frame of one range in the 1-RTT space as aioquic's
+    ``_handle_ack_frame`` and ``QuicPacketRecovery.on_ack_received`` would;
+    ``False`` (with ``buf`` untouched) to decline.
+
+    The same steps in the same order — packets acknowledged oldest first, each
+    one's congestion accounting and delivery handlers, the RTT sample, loss
+    detection — without building a range set to describe a single range, and
+    skipping loss detection when no packet older than the acknowledged one is
+    left in flight (aioquic's scan would find nothing and record no loss time).
+    """
+    if (frame_type != _ACK or context.epoch is not _ONE_RTT
+            or m._quic_logger is not None or not m._handshake_confirmed):
+        return False
+    start = buf.tell()
+    largest = buf.pull_uint_var()
+    delay_encoded = buf.pull_uint_var()
+    if buf.pull_uint_var() != 0:  # more ranges follow
+        buf.seek(start)
+        return False
+    first_range = buf.pull_uint_var()
+    if first_range > largest:  # malformed: aioquic reports the error
+        buf.seek(start)
+        return False
+    smallest = largest - first_range
+    loss = m._loss
+    loss.peer_completed_address_validation = True
+    space = m._spaces[_ONE_RTT]
+    now = context.time
+    if largest > space.largest_acked_packet:
+        space.largest_acked_packet = largest
+
+    sent = space.sent_packets
+    cc = loss._cc
+    eliciting = False
+    newest: QuicSentPacket | None = None
+    for pn in [pn for pn in sent if smallest <= pn <= largest]:
+        packet = sent.pop(pn)
+        if packet.is_ack_eliciting:
+            eliciting = True
+            space.ack_eliciting_in_flight -= 1
+        if packet.in_flight:
+            cc.on_packet_acked(packet=packet, now=now)
+        newest = packet
+        for handler, args in packet.delivery_handlers:
+            handler(_ACKED, *args)
+    if newest is None:
+        return True
+
+    if newest.packet_number == largest and eliciting:
+        ack_delay = min((delay_encoded << m._remote_ack_delay_exponent) / 1000000,
+                        loss.max_ack_delay)
+        latest_rtt = now - newest.sent_time  # type: ignore[operator]
+        loss._rtt_latest = max(latest_rtt, 0.001)
+        if loss._rtt_latest < loss._rtt_min:
+            loss._rtt_min = loss._rtt_latest
+        if loss._rtt_latest > loss._rtt_min + ack_delay:
+            loss._rtt_latest -= ack_delay
+        if not loss._rtt_initialized:
+            loss._rtt_first_sample_time = now
+            loss._rtt_initialized = True
+            loss._rtt_variance = latest_rtt / 2
+            loss._rtt_smoothed = latest_rtt
+        else:
+            loss._rtt_variance = (3 / 4 * loss._rtt_variance
+                                  + 1 / 4 * abs(loss._rtt_min - loss._rtt_latest))
+            loss._rtt_smoothed = 7 / 8 * loss._rtt_smoothed + 1 / 8 * loss._rtt_latest
+        cc.on_rtt_measurement(now=now, rtt=latest_rtt)
+        loss._pacer.update_rate(congestion_window=cc.congestion_window,
+                                smoothed_rtt=loss._rtt_smoothed)
+
+    oldest = next(iter(sent), None)
+    if oldest is None or oldest > space.largest_acked_packet:
+        space.loss_time = None
+    else:
+        loss._detect_loss(now=now, space=space)
+    loss._pto_count = 0
+    return True

@@ -17,11 +17,12 @@ from aioquic.quic.connection import (
 )
 from aioquic.quic.recovery import QuicPacketPacer
 from aioquic.quic.stream import QuicStream as _AioStream
+from aioquic.tls import Epoch as TlsEpoch
 from aioquic.tls import Group
 from aioquic.tls import State as TlsState
 
 from ._config import QuicConfig
-from ._fastpath import control_clear, fast_datagrams_to_send, fast_receive_datagram
+from ._fastpath import control_clear, fast_ack, fast_datagrams_to_send, fast_receive_datagram
 
 __all__ = ["Machine"]
 
@@ -31,6 +32,10 @@ __all__ = ["Machine"]
 # so remembering them changes nothing else.
 if not hasattr(_aioquic_connection.EPOCHS, "cache_info"):
     _aioquic_connection.EPOCHS = functools.lru_cache(maxsize=None)(_aioquic_connection.EPOCHS)
+
+_INITIAL = TlsEpoch.INITIAL
+_HANDSHAKE = TlsEpoch.HANDSHAKE
+_ONE_RTT = TlsEpoch.ONE_RTT
 
 #: Connection IDs we let the peer issue to us (RFC 9000's minimum).
 _ACTIVE_CONNECTION_IDS = 2
@@ -171,6 +176,38 @@ class Machine(_AioQuicConnection):
         the idle timeout."""
         return self._handshake_confirmed and self._state is QuicConnectionState.CONNECTED
 
+    def ms_timer(self) -> float | None:
+        """``get_timer()``, computed for the steady state alone: the Initial and
+        Handshake spaces discarded and the path validated leave the idle timer,
+        the ACK delay, loss detection of 1-RTT packets and pacing — the same
+        arithmetic as aioquic's, without visiting what no longer exists."""
+        spaces = self._spaces
+        path = self._network_paths[0] if self._network_paths else None
+        if (not self.ms_steady() or path is None or not path.is_validated
+                or not spaces[_INITIAL].discarded or not spaces[_HANDSHAKE].discarded):
+            return self.get_timer()
+        timer = self._close_at
+        if timer is None:
+            return self.get_timer()
+        space = spaces[_ONE_RTT]
+        if space.ack_at is not None and space.ack_at < timer:
+            timer = space.ack_at
+        loss = self._loss
+        if space.loss_time is not None:
+            loss_at: float | None = space.loss_time
+        elif space.ack_eliciting_in_flight or not loss.peer_completed_address_validation:
+            loss_at = (loss._time_of_last_sent_ack_eliciting_packet
+                       + loss.get_probe_timeout(include_max_ack_delay=True)
+                       * (2 ** loss._pto_count))
+        else:
+            loss_at = None
+        self._loss_at = loss_at
+        if loss_at is not None and loss_at < timer:
+            timer = loss_at
+        if self._pacing_at is not None and self._pacing_at < timer:
+            timer = self._pacing_at
+        return timer
+
     def ms_quiet(self) -> bool:
         """True if nothing but an ACK could be sent now: no stream has data or
         frames waiting and no connection-level frame is due."""
@@ -259,6 +296,10 @@ class Machine(_AioQuicConnection):
                     context._server_expect_finished()
 
             context._server_handle_hello = server_handle_hello  # type: ignore[method-assign]
+
+    def _handle_ack_frame(self, context: Any, frame_type: int, buf: Any) -> None:
+        if not fast_ack(self, context, frame_type, buf):
+            super()._handle_ack_frame(context, frame_type, buf)
 
     def _handle_padding_frame(self, context: Any, frame_type: int, buf: Any) -> None:
         # aioquic steps through padding a byte at a time in Python: ~40 us for

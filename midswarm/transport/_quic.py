@@ -349,7 +349,7 @@ class QuicConnection:
         self._process_events()  # datagrams_to_send can also produce events
         if self._terminated:
             return
-        timer = machine.get_timer()
+        timer = machine.ms_timer()
         deadline = math.inf if timer is None else timer
         ka = self.config.keep_alive_interval
         if ka is not None and self._handshake_done.is_set():
