@@ -70,7 +70,6 @@ __all__ = ["control_clear", "fast_ack", "fast_datagrams_to_send", "fast_receive_
 
 _CONNECTED = QuicConnectionState.CONNECTED
 _ONE_RTT = tls.Epoch.ONE_RTT
-_ZERO_RTT = tls.Epoch.ZERO_RTT
 _ONE_RTT_PACKET = QuicPacketType.ONE_RTT
 _ACK = int(QuicFrameType.ACK)
 _ACKED = QuicDeliveryState.ACKED
@@ -110,7 +109,7 @@ def control_clear(m: Machine) -> bool:
             or m._ping_pending or m._probe_pending or m._datagrams_pending
             or m._streams_queue or m._ms_rescan or (m.ms_received and m.ms_closing)):
         return False
-    if not m._crypto_streams[_ONE_RTT].sender.buffer_is_empty:
+    if not m.ms_crypto_stream.sender.buffer_is_empty:
         return False
     for cid in m._host_cids:
         if not cid.was_sent:
@@ -131,7 +130,7 @@ def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | 
     path = m._network_paths[0]
     if not path.is_validated or path.remote_challenges:
         return None
-    space = m._spaces[_ONE_RTT]
+    space = m.ms_space
     ack_at = space.ack_at
     ack_due = ack_at is not None and ack_at <= now
     active = m.ms_active
@@ -153,7 +152,7 @@ def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | 
     if (ack_at is None or ack_at >= now) and loss._pacer.next_send_time(now=now) is not None:
         return None
 
-    crypto = m._cryptos[_ONE_RTT]
+    crypto = m.ms_crypto
     peer_cid = m._peer_cid.cid
     header_size = 3 + len(peer_cid)
     capacity = m._max_datagram_size - header_size - _TAG
@@ -259,12 +258,12 @@ def fast_receive_datagram(m: Machine, data: bytes, addr: Any, now: float) -> boo
     path = m._network_paths[0]
     if path.addr != addr or not path.is_validated or data[1:1 + cid_len] != cid:
         return False
-    if not m._is_client and m._cryptos[_ZERO_RTT].recv.is_valid():
+    if not m._is_client and m.ms_zero_rtt_crypto.recv.is_valid():
         return False
 
-    space = m._spaces[_ONE_RTT]
+    space = m.ms_space
     try:
-        plain_header, payload, pn = m._cryptos[_ONE_RTT].decrypt_packet(
+        plain_header, payload, pn = m.ms_crypto.decrypt_packet(
             data, 1 + cid_len, space.expected_packet_number)
     except (KeyUnavailableError, CryptoError):
         return True  # dropped, as aioquic drops it
@@ -336,7 +335,7 @@ def fast_ack(m: Machine, context: Any, frame_type: int, buf: Buffer) -> bool:
     smallest = largest - first_range
     loss = m._loss
     loss.peer_completed_address_validation = True
-    space = m._spaces[_ONE_RTT]
+    space = m.ms_space
     now = context.time
     if largest > space.largest_acked_packet:
         space.largest_acked_packet = largest

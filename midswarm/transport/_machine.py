@@ -189,7 +189,7 @@ class Machine(_AioQuicConnection):
         timer = self._close_at
         if timer is None:
             return self.get_timer()
-        space = spaces[_ONE_RTT]
+        space = self.ms_space
         if space.ack_at is not None and space.ack_at < timer:
             timer = space.ack_at
         loss = self._loss
@@ -272,6 +272,12 @@ class Machine(_AioQuicConnection):
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
+        # The 1-RTT objects the fast path uses on every packet, looked up once
+        # (tls.Epoch is a plain Enum: each dict lookup hashes its name).
+        self.ms_space = self._spaces[_ONE_RTT]
+        self.ms_crypto = self._cryptos[_ONE_RTT]
+        self.ms_crypto_stream = self._crypto_streams[_ONE_RTT]
+        self.ms_zero_rtt_crypto = self._cryptos[TlsEpoch.ZERO_RTT]
         if self._is_client:
             # aioquic offers a key share for each of P-256, P-384, X25519 and
             # X448: four key generations (~0.3 ms) for every connection, full
