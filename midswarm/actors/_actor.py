@@ -13,6 +13,11 @@ failure if ``handle`` raised.  Whatever else happens to a message that was
 accepted into a mailbox -- the actor is cancelled while handling it, the child
 is removed while it is queued -- its reply is resolved with an error, so an
 ``ask`` never hangs on a message that will not be handled.
+
+An idle actor may also read messages from one served stream itself (its
+ref's ``feed``): see ``_child.py`` and ``_serve.py``.  Every put into the
+mailbox first interrupts such a read, so mailbox messages never wait for the
+stream.
 """
 
 from __future__ import annotations

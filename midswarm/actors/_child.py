@@ -16,6 +16,17 @@ Messages and instance ends
 * Messages still queued stay in the mailbox for the next instance.  If the
   child is removed for good, :meth:`Child.close` drains them: queued asks get
   :class:`ActorStopped`, queued tells are reported as ``"message_lost"``.
+
+Feeds
+-----
+When the actor's ref has a ``feed`` (a stream served by ``serve_actor``, see
+``_serve.py``), the idle instance takes its next message from the feed, which
+looks at the mailbox first and otherwise reads the stream in this task.  A
+message read that way is handled exactly like one from the mailbox (the rules
+above apply to it); requests not yet read stay on the stream, and the
+stream's own reader task reads them once the instance has ended.  The loop
+runs inside a cancel scope that a put into the mailbox cancels while the
+instance waits on the feed (``ref.pulling``), and only then.
 """
 
 from __future__ import annotations

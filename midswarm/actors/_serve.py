@@ -181,6 +181,12 @@ class _StreamServer:
         each time.
         """
         ref = self.ref
+        if self.yield_due:
+            # A schedule point per message, taken after the previous reply
+            # went out: requests that arrive together must not let the actor
+            # run without yielding.
+            self.yield_due = False
+            await trio.lowlevel.cancel_shielded_checkpoint()
         while True:
             if ref.feed is not self or (self.role == "reader" and (
                     self.cooldown > 0 or self.idle_read is None or self.slots.value == 0)):
@@ -206,13 +212,6 @@ class _StreamServer:
                 # the actor serves its mailbox meanwhile.
                 self._hand_back(None)
                 return await receive.receive()
-            if self.yield_due:
-                # A schedule point per message, taken after the previous reply
-                # went out: requests that arrive together must not let the
-                # actor run without yielding.
-                self.yield_due = False
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                continue
             # (A put that interrupts us while the stream aborts itself over
             # an oversized frame leaves the reader task an ended stream
             # rather than the ProtocolError: the stream is closed either way.)
