@@ -2,8 +2,9 @@
 
 Run from the repository root::
 
-    python benchmarks/swarm.py           # about a minute
-    python benchmarks/swarm.py --quick   # smoke run, everything shrunk
+    python benchmarks/swarm.py             # about 30 s
+    python benchmarks/swarm.py --quick     # smoke run, everything shrunk
+    python benchmarks/swarm.py --block 20  # the ways take turns every 20 queries
 
 One library of random-walk patterns, one set of query windows, the same
 search (banded DTW k-NN, z-normalised, k=10, band 8) three ways:
@@ -16,18 +17,26 @@ search (banded DTW k-NN, z-normalised, k=10, band 8) three ways:
     ``open_swarm({"pattern_matcher": 2}, spawn="process")``: a coordinator in
     this process, two ``midswarm agent`` processes on loopback QUIC with
     mutual TLS, the library sharded between them; each query is scattered to
-    both and their top-k merged.  Each agent process gets its share of the
-    cores for its kernels (``open_swarm``'s default ``agent_threads``).
+    both and their top-k merged.  Each matcher searches on one thread (its
+    default ``threads``), in a worker thread of its agent; ``open_swarm``'s
+    default ``agent_threads`` caps each agent process at its share of the
+    cores.
 ``swarm, 2 in-process agents (memory)``
     the same with ``spawn="task"``: agents as tasks of this process over the
     in-memory transport (no sockets), to separate coordination from QUIC.
 
 The three are timed query by query in turn (interleaved, so load drifting on
-a shared machine hits them alike).  Per row: *sequential* end-to-end latency
-(one query at a time: p50, p99),
+a shared machine hits them alike); ``--block N`` has each run N queries
+before the next takes over.  Taking turns every query, each way starts every
+query with caches filled by another way's search (the in-process kernel
+streams the whole 20,000-pattern library, each agent its 10,000), which
+slows every row, the kernel's included; blocks of 20 queries (about 0.1 s
+each) measure each way in its steady state and still share the drift.
+Per row: *sequential* end-to-end latency (one query at a time: p50, p99),
 *coordination overhead* per task (end-to-end time minus the slowest shard's
-own search time, ``PatternMatchResult.compute_time_ms``: scatter, framing,
-QUIC, merge, all of the coordinator's and agents' bookkeeping), and
+own search time, ``PatternMatchResult.compute_time_ms``, which a matcher
+takes around its worker-thread call: scatter, framing, QUIC, merge, all of
+the coordinator's and agents' bookkeeping), and
 *pipelined* throughput (``coord.map`` with 8 tasks in flight; the kernel's
 is its sequential rate).  The two "no patterns" rows time the same queries
 before the library is loaded: the matchers answer at once, so the whole
@@ -78,8 +87,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget: float
-                  ) -> list[dict[str, Any]]:
+async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget: float,
+                  block: int) -> list[dict[str, Any]]:
     """Open both swarms, then time the three ways query by query, interleaved
     (so load drifting on a shared machine hits all three alike), then their
     pipelined throughput."""
@@ -98,11 +107,13 @@ async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget:
         for task in tasks[:5]:
             for swarm in swarms.values():
                 await swarm.submit(task)
-        for task in tasks[:min(len(tasks), 300)]:
+        first = tasks[:min(len(tasks), 300)]
+        for start in range(0, len(first), block):
             for key, swarm in swarms.items():
-                t = time.perf_counter()
-                await swarm.submit(task)
-                empty[key].append(time.perf_counter() - t)
+                for task in first[start:start + block]:
+                    t = time.perf_counter()
+                    await swarm.submit(task)
+                    empty[key].append(time.perf_counter() - t)
         for swarm in swarms.values():
             await swarm.add_patterns(lib, outcomes)
             for task in tasks[:5]:  # warm up: numba caches, library preparation
@@ -113,21 +124,25 @@ async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget:
         overhead: dict[str, list[float]] = {"quic": [], "memory": []}
 
         deadline = time.perf_counter() + budget
-        for q, task in zip(qs, tasks, strict=True):
-            t = time.perf_counter()
-            library.knn(q, K)
-            lat["kernel"].append(time.perf_counter() - t)
+        for start in range(0, len(tasks), block):
+            chunk = list(zip(qs[start:start + block], tasks[start:start + block], strict=True))
+            for q, _ in chunk:
+                t = time.perf_counter()
+                library.knn(q, K)
+                lat["kernel"].append(time.perf_counter() - t)
             numba.set_num_threads(1)  # this thread only
-            t = time.perf_counter()
-            library.knn(q, K)
-            lat["kernel1"].append(time.perf_counter() - t)
+            for q, _ in chunk:
+                t = time.perf_counter()
+                library.knn(q, K)
+                lat["kernel1"].append(time.perf_counter() - t)
             numba.set_num_threads(threads)
             for key, swarm in swarms.items():
-                t = time.perf_counter()
-                result = await swarm.submit(task)
-                elapsed = time.perf_counter() - t
-                lat[key].append(elapsed)
-                overhead[key].append(elapsed - result.compute_time_ms / 1e3)
+                for _, task in chunk:
+                    t = time.perf_counter()
+                    result = await swarm.submit(task)
+                    elapsed = time.perf_counter() - t
+                    lat[key].append(elapsed)
+                    overhead[key].append(elapsed - result.compute_time_ms / 1e3)
             if time.perf_counter() > deadline:
                 break
         tps = {key: len(lat[key]) / sum(lat[key]) for key in ("kernel", "kernel1")}
@@ -177,8 +192,9 @@ async def main(args: argparse.Namespace) -> None:
     lib, outcomes, qs = workload(args.patterns, args.length, args.queries)
     print(f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} (start)")
     print(f"library: {args.patterns} patterns of length {args.length}; {args.queries} queries; "
-          f"k={K}, band={BAND}", flush=True)
-    rows = await measure(lib, outcomes, qs, args.budget)
+          f"k={K}, band={BAND}; the ways take turns every {args.block} "
+          f"quer{'y' if args.block == 1 else 'ies'}", flush=True)
+    rows = await measure(lib, outcomes, qs, args.budget, args.block)
     print(table(rows))
     quic = rows[2]
     print(f"\ncoordination overhead per task over QUIC: p50 {quic['overhead50'] * 1e3:.3f} ms "
@@ -194,6 +210,8 @@ if __name__ == "__main__":
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--budget", type=float, default=20.0,
                         help="seconds each timed loop may run at most")
+    parser.add_argument("--block", type=int, default=1,
+                        help="queries each way runs before the next way takes over (default 1)")
     ns = parser.parse_args()
     if ns.quick:
         ns.patterns, ns.queries, ns.budget = 2000, 60, 5.0

@@ -99,7 +99,8 @@ class RemoteActorRef(ActorRef):
         #: Around the background reader's reads while it holds the role:
         #: cancelled to take the role from it, and when the ref breaks.
         self._background_read: trio.CancelScope | None = None
-        self._background_lot = trio.lowlevel.ParkingLot()
+        #: The background reader task while it waits for the role to be free.
+        self._background_waiting: trio.lowlevel.Task | None = None
 
     def _refuse(self) -> ActorError:
         if self._broken is not None:
@@ -119,7 +120,7 @@ class RemoteActorRef(ActorRef):
         # woken by the stream failing or being closed (see _stream_broke).
         if self._background_read is not None:
             self._background_read.cancel()
-        self._background_lot.unpark_all()
+        self._wake_background()
 
     # ------------------------------------------------------------- sending
 
@@ -245,7 +246,7 @@ class RemoteActorRef(ActorRef):
     def _let_go(self) -> None:
         """The holder of the read role lets go: pass it on (never raises)."""
         self._reader = None
-        if self._broken is None:
+        if self._broken is None and self._pending:
             for waiter in self._pending.values():
                 task = waiter.task
                 if task is not None:  # parked, reply still to come: oldest first
@@ -253,13 +254,25 @@ class RemoteActorRef(ActorRef):
                     self._reader = waiter
                     trio.lowlevel.reschedule(task, outcome.Value(_TAKE_OVER))
                     return
-        self._background_lot.unpark_all()
+        self._wake_background()
+
+    def _wake_background(self) -> None:
+        task, self._background_waiting = self._background_waiting, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
 
     async def _read_in_background(self) -> None:
         """Hold the read role whenever no asker wants it, until the ref breaks."""
         while self._broken is None:
             if self._reader is not None:
-                await self._background_lot.park()
+                # Woken by whoever lets the role go (or breaks the ref).
+                self._background_waiting = trio.lowlevel.current_task()
+
+                def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+                    self._background_waiting = None
+                    return trio.lowlevel.Abort.SUCCEEDED
+
+                await trio.lowlevel.wait_task_rescheduled(abort)
                 continue
             self._reader = _BACKGROUND
             try:

@@ -318,8 +318,15 @@ class _StreamServer:
                     except trio.WouldBlock:
                         await self.slots.acquire()
                     item = _Ask(msg, _Reply(self._forward_reply, ask_id))
-                if not ref.put_nowait(item):
-                    await ref.put(item)
+                try:
+                    if not ref.put_nowait(item):
+                        await ref.put(item)
+                except ActorStopped as exc:
+                    if type(item) is _Ask:
+                        # Answered with the refusal: that also frees its slot,
+                        # which the wait for outstanding replies below counts.
+                        item.reply.resolve(outcome.Error(exc))
+                    raise
         except trio.EndOfChannel:
             pass
         except ActorStopped as exc:

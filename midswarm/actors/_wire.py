@@ -165,6 +165,8 @@ def _bin_header(n: int) -> bytes:
 def _uint_at(raw: bytes, pos: int) -> tuple[int, int]:
     """The msgpack unsigned int at ``raw[pos]`` and the position after it;
     ``(-1, 0)`` if there is none."""
+    if pos >= len(raw):
+        return -1, 0
     first = raw[pos]
     if first < 0x80:
         return first, pos + 1
