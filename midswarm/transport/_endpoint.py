@@ -470,7 +470,14 @@ async def connect_quic(
             nursery.start_soon(endpoint.run_flusher)
             nursery.start_soon(conn._run_timer)
             machine.connect(addr, now=trio.current_time())
-            conn._pump()
+            if wait_connected:
+                conn._pump()
+            else:
+                # The caller's first requests (0-RTT data on a resumed session)
+                # are written right after this returns: send the first flight
+                # one scheduling round later, so they leave in the same
+                # datagram as the ClientHello and the server reads both at once.
+                conn._flush_soon()
             try:
                 if wait_connected:
                     with trio.move_on_after(cfg.handshake_timeout):

@@ -307,6 +307,15 @@ class QuicConnection:
             if self._timer_scope is not None:
                 self._timer_scope.cancel()
 
+    def _flush_soon(self) -> None:
+        """Transmit in the next scheduling round (the timer task does), taking
+        along whatever is written until then."""
+        self._dirty = True
+        if not self._flush_pending:
+            self._flush_pending = True
+            if self._timer_scope is not None:
+                self._timer_scope.cancel()
+
     def _pump(self, *, with_ack: bool = False) -> None:
         """Process pending events, transmit, re-arm the timer.  Never awaits.
 
