@@ -136,12 +136,15 @@ _REQUEST_MIDDLE = {
     (kind, encoding): _PACK("kind") + _PACK(kind) + _PACK("encoding") + _PACK(encoding)
     + _PACK("payload")
     for kind in _KINDS for encoding in _ENCODINGS[:2]}
-_REQUEST_MIDDLES = tuple((mid, kind, encoding)
-                         for (kind, encoding), mid in _REQUEST_MIDDLE.items())
+# Asks of plain data first: the shape to recognise in the fewest tries.
+_REQUEST_MIDDLES = tuple(sorted(((mid, kind, encoding)
+                                 for (kind, encoding), mid in _REQUEST_MIDDLE.items()),
+                                key=lambda m: (m[1] != "ask", m[2] != "data")))
+_REPLY_MIDDLE_ORDER = ("data", "message")
 _REPLY_MIDDLE = {
     encoding: _PACK("ok") + _PACK(True) + _PACK("encoding") + _PACK(encoding) + _PACK("payload")
     for encoding in _ENCODINGS[:2]}
-_REPLY_MIDDLES = tuple((mid, encoding) for encoding, mid in _REPLY_MIDDLE.items())
+_REPLY_MIDDLES = tuple((_REPLY_MIDDLE[encoding], encoding) for encoding in _REPLY_MIDDLE_ORDER)
 _REPLY_TAIL = _PACK("error") + _PACK(None)
 _UINT_SIZES = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
 _BIN_SIZES = {0xC4: 1, 0xC5: 2, 0xC6: 4}
