@@ -193,7 +193,8 @@ class Feed(Protocol):
 class LocalActorRef(ActorRef):
     """A ref to an actor in this Trio run: the send side of its mailbox."""
 
-    __slots__ = ("name", "_send", "closed_reason", "feed", "pull_scope", "pulling")
+    __slots__ = ("name", "_send", "closed_reason", "feed", "pull_scope", "pulling",
+                 "interrupted")
 
     def __init__(self, name: str, send: trio.MemorySendChannel[Any]) -> None:
         self.name = name
@@ -206,10 +207,13 @@ class LocalActorRef(ActorRef):
         #: mailbox cancels ``pull_scope`` first, so the actor comes back for it.
         self.pull_scope: trio.CancelScope | None = None
         self.pulling = False
+        #: ``pull_scope`` was cancelled (cheaper to test than ``cancel_called``).
+        self.interrupted = False
 
     def interrupt_pull(self) -> None:
         """Make the actor stop waiting on its feed and look at its mailbox."""
         if self.pulling and self.pull_scope is not None:
+            self.interrupted = True
             self.pull_scope.cancel()
 
     async def tell(self, msg: Any) -> None:

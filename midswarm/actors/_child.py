@@ -31,6 +31,7 @@ instance waits on the feed (``ref.pulling``), and only then.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = ["Child", "Instance", "Started", "run_actor"]
 
 _EMPTY: Any = object()  # no message held over (None is a valid message)
+_STOP: Any = object()  # the instance's message loop is over
+_NO_SCOPE = contextlib.nullcontext()
 
 EmitLost = Callable[["Child", Any, ActorError], None]
 
@@ -172,36 +175,39 @@ async def run_actor(child: Child, inst: Instance, started: Started) -> None:
     assert ref is not None
     item = child.held
     child.held = _EMPTY
+    # The message loop is written out here rather than in a helper: a crash's
+    # traceback is formatted frame by frame, and each frame costs.
     try:
         with inst.loop_scope:
-            running = True
-            while running:
-                # A put into the mailbox cancels this scope while the actor
-                # waits on its feed (ref.pulling); after that it is spent and
-                # a fresh one is made.  It is never cancelled while the actor
-                # handles a message.
-                interrupt = ref.pull_scope = trio.CancelScope()
-                with interrupt:
+            while item is not _STOP:
+                # While the actor waits on its feed, a put into the mailbox
+                # cancels this scope (only then: never while it handles a
+                # message).  A cancelled scope is spent: a fresh one follows.
+                fed = ref.feed is not None
+                ref.interrupted = False
+                with trio.CancelScope() if fed else _NO_SCOPE as ref.pull_scope:
                     while True:
                         if item is _EMPTY:
                             if inst.stop_requested or actor._stop_requested:
-                                running = False
+                                item = _STOP
                                 break
-                            inst.idle = True
                             feed = ref.feed
+                            if (feed is not None) != fed:
+                                break  # a feed came or went: (un)scope the loop
+                            inst.idle = True
                             if feed is None:
                                 item = await receive.receive()
                             else:
                                 item = await feed.next_item(receive)
                             inst.idle = False
                             if inst.stop_requested:
-                                # The stop request came while the message was on
-                                # its way to us: keep it for the next instance
-                                # rather than start on it.
+                                # The stop request came while the message was
+                                # on its way to us: keep it for the next
+                                # instance rather than start on it.
                                 child.held = item
-                                running = False
+                                item = _STOP
                                 break
-                            if interrupt.cancel_called:
+                            if ref.interrupted:
                                 break  # handle it outside the spent scope
                         inst.current = item
                         if type(item) is _Ask:
