@@ -1,6 +1,6 @@
 """Behaviour that the transport's speed work changed: large and discovered
-datagram sizes, UDP GSO and its fallback, write coalescing across streams,
-burst accepts."""
+datagram sizes, UDP GSO and its fallback, many streams written in one round,
+burst accepts, 0-RTT requests in the first flight."""
 
 from __future__ import annotations
 
@@ -118,8 +118,8 @@ def test_gso_falls_back_to_plain_sends() -> None:
 
 
 async def test_many_streams_written_in_one_round_arrive_intact(certs: Path) -> None:
-    """Writes from 500 tasks in the same scheduling round are coalesced into
-    shared datagrams; each stream still gets exactly its own bytes, in order."""
+    """Writes from 500 tasks in the same scheduling round: each stream gets
+    exactly its own bytes, in order."""
 
     async def echo(stream: QuicStream) -> None:
         ms = MessageStream(stream)

@@ -87,22 +87,6 @@ _STREAM_ROOM = 1 + 8 + 8 + 2
 _ACK_ROOM = 1 + 4 * 8
 
 
-def _streams_clear(m: Machine) -> bool:
-    """True if no stream in view needs anything but STREAM frames."""
-    window = m._ms_window
-    consumed = m.ms_consumed
-    for sid, stream in m.ms_active.items():
-        if stream.is_finished or stream.receiver.stop_pending or stream.sender.reset_pending:
-            return False
-        local = stream.max_stream_data_local
-        if local:
-            if stream.max_stream_data_local_sent != local:
-                return False
-            if consumed.get(sid, 0) + window - local >= window >> 2:
-                return False
-    return True
-
-
 def control_clear(m: Machine) -> bool:
     """True if no connection-level frame other than ACK is waiting."""
     if (m._handshake_done_pending or m._retire_connection_ids or m._streams_blocked_pending
@@ -143,7 +127,7 @@ def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | 
             return None
         m._pacing_at = None
         return []
-    if not control_clear(m) or not _streams_clear(m):
+    if not control_clear(m):
         return None
     if ack_due and len(space.ack_queue) > 1:
         return None  # aioquic may add an ACK-of-ACK PING
@@ -158,11 +142,21 @@ def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | 
     capacity = m._max_datagram_size - header_size - _TAG
     flight_room = loss.congestion_window - loss.bytes_in_flight
 
-    # Is everything going to fit in one packet?  Count before touching state.
+    # Is everything going to fit in one packet, and does no stream need
+    # anything but STREAM frames?  One pass, before touching any state, that
+    # stops as soon as the answer is no (with many busy streams, at once).
     need = _ACK_ROOM if ack_due else 0
     data_room = m._remote_max_data - m._remote_max_data_used
+    window = m._ms_window
+    consumed = m.ms_consumed
     ready = []
-    for stream in active.values():
+    for sid, stream in active.items():
+        if stream.is_finished or stream.receiver.stop_pending or stream.sender.reset_pending:
+            return None
+        local = stream.max_stream_data_local
+        if local and (stream.max_stream_data_local_sent != local
+                      or consumed.get(sid, 0) + window - local >= window >> 2):
+            return None  # MAX_STREAM_DATA is due
         sender = stream.sender
         if stream.is_blocked or sender.buffer_is_empty:
             continue
@@ -175,6 +169,8 @@ def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | 
         # when there is one range: no retransmission).
         pending = sender._pending.bounds() if len(sender._pending) else None
         need += (pending.stop - pending.start if pending is not None else 0) + _STREAM_ROOM
+        if need > capacity:
+            return None
         ready.append(stream)
     if need > capacity or data_room < 0:
         return None
