@@ -474,10 +474,11 @@ async def connect_quic(
                 conn._pump()
             else:
                 # The caller's first requests (0-RTT data on a resumed session)
-                # are written right after this returns: send the first flight
-                # one scheduling round later, so they leave in the same
-                # datagram as the ClientHello and the server reads both at once.
-                conn._flush_soon()
+                # are written right after this returns (open_stream is one
+                # checkpoint): send the first flight two scheduling rounds
+                # later, so they leave in the same datagram as the ClientHello
+                # and the server reads both at once.
+                conn._flush_soon(after_readers=True)
             try:
                 if wait_connected:
                     with trio.move_on_after(cfg.handshake_timeout):

@@ -95,6 +95,7 @@ class QuicConnection:
         self._last_send = trio.current_time()
         self._ping_uid = 0
         self._flush_pending = False  # the timer task will flush held writes
+        self._flush_late = False  # ... after one more scheduling round
         self._dirty = False  # a write is waiting for that flush
         self._ack_space: Any = None  # aioquic's 1-RTT packet space, once it exists
         self.peer_identity: str | None = None
@@ -243,13 +244,15 @@ class QuicConnection:
     # --- the pump -----------------------------------------------------------------
 
     def _process_received(self) -> None:
-        """After datagrams were fed: deliver their events, then transmit if the
-        handshake is still running, if two or more packets await our ACK
+        """After datagrams were fed: deliver their events, then transmit (soon,
+        see below) if the handshake is still running, if two or more packets
+        await our ACK
         (acknowledging every second packet keeps a bulk sender's window open;
         aioquic alone waits a fixed 1 ms), or if anything besides an ACK is
         waiting to go.  Otherwise transmit nothing: a woken reader usually
         answers at once and its reply carries our ACK, and if it does not, the
         re-armed timer sends the ACK at aioquic's ACK delay."""
+        in_handshake = not self._handshake_done.is_set()
         self._process_events()
         if self._on_ready is not None and not self.is_client:
             self._check_early_ready()
@@ -257,8 +260,17 @@ class QuicConnection:
         if space is None:
             space = self._ack_space = self._machine._spaces.get(tls.Epoch.ONE_RTT)
         machine = self._machine
-        if not self._handshake_done.is_set() or (
-                space is not None and space.ack_at is not None
+        if in_handshake and self.is_client:  # running, or completed just now
+            # The client's handshake packets go out after the tasks this woke
+            # had their turn: a resumed client's early reply reaches its reader
+            # before our Finished is sent (sending wakes the server, which may
+            # take this core for the length of its processing), and a first
+            # request shares the Finished's datagram.  A server sends its
+            # flight at once: the client needs it to read anything else.
+            self._flush_soon(after_readers=True)
+        elif in_handshake:
+            self._pump()
+        elif (space is not None and space.ack_at is not None
                 and len(space.ack_queue) >= 1 and machine.ms_unacked >= 2):
             self._pump()
         elif not machine.ms_quiet():
@@ -295,10 +307,12 @@ class QuicConnection:
             return
         self._pump(with_ack=True)
 
-    def _flush_soon(self) -> None:
+    def _flush_soon(self, *, after_readers: bool = False) -> None:
         """Transmit in the next scheduling round (the timer task does), taking
-        along whatever is written until then."""
+        along whatever is written until then; ``after_readers``: one round
+        later, so that tasks woken in this round have certainly run first."""
         self._dirty = True
+        self._flush_late = self._flush_late or after_readers
         if not self._flush_pending:
             self._flush_pending = True
             if self._timer_scope is not None:
@@ -424,6 +438,11 @@ class QuicConnection:
                 if self._terminated:
                     break
                 if self._flush_pending:
+                    if self._flush_late:
+                        self._flush_late = False
+                        await trio.lowlevel.checkpoint()
+                        if self._terminated:
+                            break
                     self._flush_pending = False
                     if self._dirty:
                         self._dirty = False
