@@ -47,6 +47,7 @@ import trio
 from midswarm.actors import (
     Actor,
     ActorFailed,
+    ActorRef,
     ActorRequest,
     Backoff,
     ChildSpec,
@@ -182,13 +183,37 @@ async def restart_latencies(n: int) -> list[float]:
     return samples
 
 
+async def alternate_asks_and_echoes(ref: ActorRef, echo: MessageStream, msg: Any,
+                                    frame: bytes, n: int, reps: int
+                                    ) -> tuple[list[float], list[float]]:
+    """After a warm-up (congestion window, caches), time asks to ``ref`` and raw
+    echoes of ``frame`` (as long as an ask request) in alternating blocks of 50,
+    so both see the same shared, noisy machine."""
+    actor_samples: list[float] = []
+    echo_samples: list[float] = []
+    for _ in range(200):
+        await ref.ask(msg)
+        await echo.send_message(frame)
+        await echo.receive_message()
+    block = 50
+    for _ in range(reps * max(1, n // block)):
+        for _ in range(block):
+            t0 = time.perf_counter()
+            await echo.send_message(frame)
+            await echo.receive_message()
+            echo_samples.append(time.perf_counter() - t0)
+        for _ in range(block):
+            t0 = time.perf_counter()
+            await ref.ask(msg)
+            actor_samples.append(time.perf_counter() - t0)
+    return actor_samples, echo_samples
+
+
 async def memory_rtts(n: int, reps: int) -> tuple[list[float], list[float]]:
     """The QUIC row's workload with both ends here, over in-memory streams."""
     msg = {"query": "w" * 32, "k": 5, "window": list(range(8))}
     frame = encode(ActorRequest(1, "ask", "data", pack(msg)))
     client_conn, server_conn = memory_connection_pair()
-    actor_samples: list[float] = []
-    echo_samples: list[float] = []
     async with open_supervisor() as sup, trio.open_nursery() as nursery:
         ref = await sup.start_child(ChildSpec(Echo, name="echo", mailbox_size=MAILBOX))
 
@@ -201,21 +226,8 @@ async def memory_rtts(n: int, reps: int) -> tuple[list[float], list[float]]:
         echo = MessageStream(await client_conn.open_stream())
         nursery.start_soon(echo_one, MessageStream(await server_conn.accept_stream()))
         async with remote_ref(actor_client, name="echo") as remote:
-            for _ in range(200):
-                await remote.ask(msg)
-                await echo.send_message(frame)
-                await echo.receive_message()
-            block = 50
-            for _ in range(reps * max(1, n // block)):
-                for _ in range(block):
-                    t0 = time.perf_counter()
-                    await echo.send_message(frame)
-                    await echo.receive_message()
-                    echo_samples.append(time.perf_counter() - t0)
-                for _ in range(block):
-                    t0 = time.perf_counter()
-                    await remote.ask(msg)
-                    actor_samples.append(time.perf_counter() - t0)
+            actor_samples, echo_samples = await alternate_asks_and_echoes(
+                remote, echo, msg, frame, n, reps)
         nursery.cancel_scope.cancel()
     return actor_samples, echo_samples
 
@@ -260,30 +272,14 @@ async def quic_rtts(certs: Path, actor_port: int, echo_port: int, n: int, reps: 
                     ) -> tuple[list[float], list[float], int]:
     tls = ClientTLS(certs / "ca.pem")
     msg = {"query": "w" * 32, "k": 5, "window": list(range(8))}
-    actor_samples: list[float] = []
-    echo_samples: list[float] = []
     async with connect_quic("127.0.0.1", actor_port, tls=tls) as aconn, \
             connect_quic("127.0.0.1", echo_port, tls=tls) as econn:
         async with remote_ref(MessageStream(await aconn.open_stream()), name="echo") as ref:
             echo = MessageStream(await econn.open_stream())
             # Frames on the raw echo are exactly as long as our ask requests.
             frame = encode(ActorRequest(1, "ask", "data", pack(msg)))
-            for _ in range(200):  # warm-up: congestion window, caches
-                await ref.ask(msg)
-                await echo.send_message(frame)
-                await echo.receive_message()
-            # Alternate short blocks so both see the same (shared, noisy) machine.
-            block = 50
-            for _ in range(reps * max(1, n // block)):
-                for _ in range(block):
-                    t0 = time.perf_counter()
-                    await echo.send_message(frame)
-                    await echo.receive_message()
-                    echo_samples.append(time.perf_counter() - t0)
-                for _ in range(block):
-                    t0 = time.perf_counter()
-                    await ref.ask(msg)
-                    actor_samples.append(time.perf_counter() - t0)
+            actor_samples, echo_samples = await alternate_asks_and_echoes(
+                ref, echo, msg, frame, n, reps)
             await echo.aclose()
     return actor_samples, echo_samples, len(frame)
 

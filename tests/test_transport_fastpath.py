@@ -62,6 +62,14 @@ def machines(certs: Path) -> tuple[Machine, Machine]:
     return connected_pair(certs)
 
 
+def _open_stream(client: Machine, server: Machine) -> int:
+    """A client stream the server knows of (its first packet went the general way)."""
+    sid = client.get_next_available_stream_id()
+    client.send_stream_data(sid, b"open")
+    _exchange(client, server, 1.0)
+    return sid
+
+
 def _stream_data(machine: Machine) -> list[bytes]:
     return [e.data for e in machine._events if isinstance(e, events.StreamDataReceived)]
 
@@ -119,9 +127,7 @@ def test_nothing_to_send_is_answered_without_a_packet(
 def test_fast_path_declines_when_other_frames_are_due(
         machines: tuple[Machine, Machine], make_due: Any) -> None:
     client, server = machines
-    sid = client.get_next_available_stream_id()
-    client.send_stream_data(sid, b"open")
-    _exchange(client, server, 1.0)
+    sid = _open_stream(client, server)
     client.send_stream_data(sid, b"more")
     make_due(client, sid)
     assert fast_datagrams_to_send(client, 1.1) is None
@@ -132,9 +138,7 @@ def test_fast_path_declines_when_other_frames_are_due(
 def test_fast_path_declines_data_that_needs_several_packets(
         machines: tuple[Machine, Machine]) -> None:
     client, server = machines
-    sid = client.get_next_available_stream_id()
-    client.send_stream_data(sid, b"open")
-    _exchange(client, server, 1.0)
+    sid = _open_stream(client, server)
     client.send_stream_data(sid, bytes(5000))
     assert fast_datagrams_to_send(client, 1.1) is None
     assert len(client.datagrams_to_send(1.1)) >= 4
@@ -143,9 +147,7 @@ def test_fast_path_declines_data_that_needs_several_packets(
 def test_fast_path_declines_when_the_congestion_window_is_full(
         machines: tuple[Machine, Machine]) -> None:
     client, server = machines
-    sid = client.get_next_available_stream_id()
-    client.send_stream_data(sid, b"open")
-    _exchange(client, server, 1.0)
+    sid = _open_stream(client, server)
     cc = client._loss._cc
     cc.congestion_window = client._loss.bytes_in_flight + 100
     client.send_stream_data(sid, bytes(400))
@@ -156,9 +158,7 @@ def test_fast_path_declines_when_the_congestion_window_is_full(
 
 def test_fast_receive_declines_an_unknown_address(machines: tuple[Machine, Machine]) -> None:
     client, server = machines
-    sid = client.get_next_available_stream_id()
-    client.send_stream_data(sid, b"open")
-    _exchange(client, server, 1.0)
+    sid = _open_stream(client, server)
     client.send_stream_data(sid, b"moved")
     sent = client.datagrams_to_send(1.1)
     assert not fast_receive_datagram(server, sent[0][0], ("127.0.0.2", 9), 1.1)

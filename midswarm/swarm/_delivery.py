@@ -71,6 +71,15 @@ class DeliveryStats:
     #: Outcomes that arrived after the caller stopped waiting without an answer.
     late: int = 0
 
+    def count_unclaimed(self, result: outcome.Outcome[Any], answered: bool) -> None:
+        """Count a result that arrived when nobody waits for it any more: a
+        duplicate if the task was answered, else late (errors are not counted)."""
+        if isinstance(result, outcome.Value):
+            if answered:
+                self.duplicates += 1
+            else:
+                self.late += 1
+
 
 class _TaskState:
     __slots__ = ("task_id", "send", "receive", "closed", "answered", "stats")
@@ -85,11 +94,7 @@ class _TaskState:
 
     def on_settled(self, link: RemoteActor, result: outcome.Outcome[Any]) -> None:
         if self.closed:
-            if isinstance(result, outcome.Value):
-                if self.answered:
-                    self.stats.duplicates += 1
-                else:
-                    self.stats.late += 1
+            self.stats.count_unclaimed(result, self.answered)
             return
         try:
             self.send.send_nowait((link, result))

@@ -89,11 +89,7 @@ class _Round:
 
     def on_settled(self, link: RemoteActor, result: outcome.Outcome[Any]) -> None:
         if self.closed:  # the caller gave up, or a round was already answered
-            if isinstance(result, outcome.Value):
-                if self.answered:
-                    self.stats.duplicates += 1
-                else:
-                    self.stats.late += 1
+            self.stats.count_unclaimed(result, self.answered)
             return
         if isinstance(result, outcome.Error):
             if self.error is None or isinstance(result.error, ActorFailed):
