@@ -44,7 +44,10 @@ logging on                 qlog
 ========================  ==================================================
 
 Frames inside a received packet are dispatched to aioquic's frame handlers,
-so every frame type is handled exactly as aioquic handles it.
+so every frame type is handled exactly as aioquic handles it; the one
+exception is an ACK of a single range in the 1-RTT space, which
+:func:`fast_ack` handles with the same steps in the same order (``Machine``
+routes aioquic's ACK handler through it, on either path).
 """
 
 from __future__ import annotations
