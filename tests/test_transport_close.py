@@ -367,7 +367,7 @@ def aioquic_initial() -> bytes:
 def count_connection_tasks() -> int:
     """Connection worker tasks alive in this Trio run (one per QuicConnection)."""
     def walk(task: trio.lowlevel.Task) -> int:
-        n = int(task.name.endswith("QuicConnection._run_timer"))
+        n = int(task.name.endswith("ConnectionDriver._run_timer"))
         for nursery in task.child_nurseries:
             for child in nursery.child_tasks:
                 n += walk(child)

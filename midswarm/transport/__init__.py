@@ -1,7 +1,7 @@
 """QUIC on Trio, framing and the wire codec.
 
 The QUIC layer drives aioquic's sans-I/O state machine from Trio tasks (see
-``_quic.py`` for the theory of operation).  :class:`MessageStream` frames whole
+``_driver.py`` for the theory of operation).  :class:`MessageStream` frames whole
 messages over any Trio stream; the codec turns attrs message classes into
 msgpack bytes and back.
 """

@@ -1,5 +1,5 @@
 """aioquic's state machine with midswarm's stream limits, receive windows,
-pacing and stream scheduling (see the theory of operation in ``_quic.py``)."""
+pacing and stream scheduling (see the theory of operation in ``_driver.py``)."""
 
 from __future__ import annotations
 

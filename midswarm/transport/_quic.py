@@ -1,29 +1,12 @@
 """QUIC connections: aioquic's sans-I/O state machine driven by Trio.
 
-Theory of operation
--------------------
-aioquic's :class:`~aioquic.quic.connection.QuicConnection` is a pure state
-machine (our subclass, with its stream limits, windows, pacing and stream
-scheduling, is in ``_machine.py``; streams are in ``_stream.py``).  Three
-things feed it: datagrams from the network, calls from the application (stream
-writes, resets, close) and its timer.  After each of them we do the same two
-steps, :meth:`QuicConnection._pump`:
-
-1. drain ``next_event()`` into our stream objects (data, resets, handshake
-   completion, termination) and wake whoever waits on them;
-2. hand ``datagrams_to_send(now)`` to the endpoint, which writes them to the
-   socket without blocking, then read ``get_timer()`` and move the timer
-   task's cancel-scope deadline there.
-
-Everything runs in the Trio thread, and steps 1-2 never await, so the state
-machine is never seen half-updated and needs no lock.  The one task per
-connection (:meth:`QuicConnection._run_timer`) sleeps until that deadline (or the
-keep-alive instant) and then calls ``handle_timer`` — there are no polling
-sleeps.  One clock: ``trio.current_time()``.  The latency path: a write
-transmits at once; a receive transmits only what cannot wait (a second packet
-to acknowledge, queued data or control frames) — the woken reader's reply
-usually carries our ACK, and otherwise the timer sends it at the ACK delay.
-Steady-state packets are built and read by the fast path (``_fastpath.py``).
+:class:`QuicConnection` is the application's side: streams, accept, close,
+the peer's identity, and the events aioquic reports turned into wake-ups of
+the tasks waiting on streams.  How the state machine is fed and when packets
+leave — the pump and the timer task — is :class:`ConnectionDriver`, its base
+class in ``_driver.py`` (theory of operation there).  aioquic's machine, with
+our stream limits, windows and fast path, is in ``_machine.py``; streams are
+in ``_stream.py``.
 
 Flow control: aioquic grows a stream's receive window as data *arrives*, which
 would let a fast peer fill our memory while the reader is slow.  Our subclass
@@ -41,14 +24,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
-from aioquic import tls
 from aioquic.quic import events
 
 from ._config import QuicConfig
+from ._driver import ConnectionDriver
 from ._errors import ConnectionClosed
 from ._stream import QuicStream
 from ._tls import CertificateError, certificate_identity, verify_client_certificate
-from ._udp import max_datagram_to
 
 if TYPE_CHECKING:
     from ._endpoint import _Endpoint
@@ -62,11 +44,7 @@ _AUTH_FAILED = 0x2
 _NO_ERROR = 0
 
 
-#: aioquic's initial congestion window, in datagrams.
-_INITIAL_WINDOW_PACKETS = 10
-
-
-class QuicConnection:
+class QuicConnection(ConnectionDriver):
     """One QUIC connection.  Made by :func:`serve_quic` (given to the handler)
     and :func:`connect_quic`; not constructed directly."""
 
@@ -241,230 +219,10 @@ class QuicConnection:
         exc.error_code = self._close_code  # type: ignore[attr-defined]
         return exc
 
-    # --- the pump -----------------------------------------------------------------
-
-    def _process_received(self) -> None:
-        """After datagrams were fed: deliver their events, then transmit (soon,
-        see below) if the handshake is still running, if two or more packets
-        await our ACK
-        (acknowledging every second packet keeps a bulk sender's window open;
-        aioquic alone waits a fixed 1 ms), or if anything besides an ACK is
-        waiting to go.  Otherwise transmit nothing: a woken reader usually
-        answers at once and its reply carries our ACK, and if it does not, the
-        re-armed timer sends the ACK at aioquic's ACK delay."""
-        in_handshake = not self._handshake_done.is_set()
-        self._process_events()
-        if self._on_ready is not None and not self.is_client:
-            self._check_early_ready()
-        space = self._ack_space
-        if space is None:
-            space = self._ack_space = self._machine._spaces.get(tls.Epoch.ONE_RTT)
-        machine = self._machine
-        if in_handshake and self.is_client:  # running, or completed just now
-            # The client's handshake packets go out after the tasks this woke
-            # had their turn: a resumed client's early reply reaches its reader
-            # before our Finished is sent (sending wakes the server, which may
-            # take this core for the length of its processing), and a first
-            # request shares the Finished's datagram.  A server sends its
-            # flight at once: the client needs it to read anything else.
-            self._flush_soon(after_readers=True)
-        elif in_handshake:
-            self._pump()
-        elif (space is not None and space.ack_at is not None
-                and len(space.ack_queue) >= 1 and machine.ms_unacked >= 2):
-            self._pump()
-        elif not machine.ms_quiet():
-            # Stream data waits (an ACK may have opened the congestion window)
-            # or a control frame is due (a response, a new connection ID).
-            self._pump()
-        elif space is None or not machine.ms_steady() or self._send_waiters:
-            self._rearm()
-        else:
-            # The woken readers run next and their replies re-arm the timer
-            # fully; keep get_timer() off that path.  Only the two timers a
-            # received packet can bring *forward* matter now: the ACK delay
-            # and a time-threshold loss.  A deadline left too early merely
-            # wakes the timer task, which re-arms.
-            deadline = self._deadline
-            for at in (space.ack_at, space.loss_time):
-                if at is not None and at < deadline:
-                    deadline = at
-            if deadline < self._deadline:
-                self._set_deadline(deadline)
-
-    def _transmit_soon(self) -> None:
-        """Transmit after an application write: at once, unless a flush is
-        already due in this scheduling round (see :meth:`_flush_soon`).
-
-        Writes are not held back to share datagrams: with the fast path a
-        write's own datagram costs less than the extra scheduling round and
-        the burstier traffic that coalescing brings (measured on 1000 streams
-        of one connection: 8,500 round trips/s sending at once, 4,300 holding
-        writes that came within 50 us of each other for one round).
-        """
-        if self._flush_pending:
-            self._dirty = True
-            return
-        self._pump(with_ack=True)
-
-    def _flush_soon(self, *, after_readers: bool = False) -> None:
-        """Transmit in the next scheduling round (the timer task does), taking
-        along whatever is written until then; ``after_readers``: one round
-        later, so that tasks woken in this round have certainly run first."""
-        self._dirty = True
-        self._flush_late = self._flush_late or after_readers
-        if not self._flush_pending:
-            self._flush_pending = True
-            if self._timer_scope is not None:
-                self._timer_scope.cancel()
-
-    def _pump(self, *, with_ack: bool = False) -> None:
-        """Process pending events, transmit, re-arm the timer.  Never awaits.
-
-        ``with_ack``: we are sending data; put any pending ACK in it rather than
-        in a separate packet later.
-        """
-        if self._terminated:
-            return
-        machine = self._machine
-        self._process_events()
-        if self._datagram_size is not None and machine._handshake_confirmed:
-            self._grow_datagrams()
-        now = trio.current_time()
-        space = self._ack_space
-        if space is None:
-            space = self._ack_space = machine._spaces.get(tls.Epoch.ONE_RTT)
-        if space is not None and space.ack_at is not None and (
-                with_ack or machine.ms_unacked >= 2):
-            space.ack_at = now
-        datagrams = machine.datagrams_to_send(now)
-        if datagrams:
-            endpoint = self._endpoint
-            endpoint.send_datagrams(datagrams)
-            self._last_send = now
-            if endpoint.oversized:
-                endpoint.oversized = False
-                self._shrink_datagrams()
-        if space is not None and space.ack_at is None:
-            machine.ms_unacked = 0
-        self._rearm()
-
-    def _rearm(self) -> None:
-        """Wake writers that acknowledgements made room for, deliver events,
-        and move the timer task's deadline to the state machine's timer."""
-        machine = self._machine
-        if self._send_waiters:
-            for stream in list(self._send_waiters):
-                if machine.unacked_bytes(stream.stream_id) < self.config.stream_send_watermark:
-                    stream._send_lot.unpark_all()
-        self._process_events()  # datagrams_to_send can also produce events
-        if self._terminated:
-            return
-        timer = machine.ms_timer()
-        deadline = math.inf if timer is None else timer
-        ka = self.config.keep_alive_interval
-        if ka is not None and self._handshake_done.is_set():
-            deadline = min(deadline, self._last_send + ka)
-        if deadline != self._deadline:
-            self._set_deadline(deadline)
-
-    def _set_deadline(self, deadline: float) -> None:
-        """Make ``deadline`` the timer task's next wake-up.
-
-        Moving a cancel scope's deadline is one of the dearest steps of a round
-        trip (Trio re-files the scope), and the timer moves later after nearly
-        every packet (the probe timer restarts with each send; an ACK going
-        out cancels the ACK timer).  So the scope's deadline is only ever
-        brought forward; a later one is noticed when the task wakes early,
-        finds nothing due and sleeps again — at most once per earlier deadline.
-        """
-        self._deadline = deadline
-        if deadline < self._armed and self._timer_scope is not None:
-            self._armed = deadline
-            self._timer_scope.deadline = deadline
-
-    def _shrink_datagrams(self) -> None:
-        """The kernel refused a datagram as larger than the path MTU it now
-        knows: send smaller ones from now on (the refused one counts as lost)."""
-        if self.config.max_datagram_size is not None:
-            return  # the user fixed the size; keep it
-        size = max_datagram_to(self._endpoint.sock.family, self.remote_address)
-        if size < self._machine._max_datagram_size:
-            self._machine._max_datagram_size = size
-
-    def _grow_datagrams(self) -> None:
-        """Move from the handshake's minimum datagram to the configured or
-        discovered size, with the congestion window aioquic would have started
-        with at that size.  Called once the handshake is confirmed: before
-        that, datagrams carrying Initial packets are padded to the full size."""
-        size, self._datagram_size = self._datagram_size, None
-        machine = self._machine
-        if size is None or size <= machine._max_datagram_size:
-            return
-        machine._max_datagram_size = size
-        loss = machine._loss
-        loss._pacer._max_datagram_size = size
-        cc = loss._cc
-        if hasattr(cc, "_max_datagram_size"):
-            cc._max_datagram_size = size
-        cc.congestion_window = max(cc.congestion_window, _INITIAL_WINDOW_PACKETS * size)
-
     @property
     def max_datagram_size(self) -> int:
         """The largest datagram this connection sends now."""
         return int(self._machine._max_datagram_size)
-
-    def datagram_received(self, data: bytes, addr: Any, now: float) -> None:
-        """Feed one datagram; the caller calls :meth:`_process_received` once
-        per batch."""
-        machine = self._machine
-        machine.receive_datagram(data, addr, now)
-        machine.ms_received = True
-
-    async def _run_timer(self) -> None:
-        """The connection's one task: wake at the state machine's timer, for a
-        keep-alive ping, or to flush writes held by :meth:`_flush_soon`;
-        never otherwise."""
-        machine = self._machine
-        try:
-            while not self._terminated:
-                with trio.CancelScope(deadline=self._deadline) as scope:
-                    self._timer_scope = scope
-                    self._armed = self._deadline
-                    if self._flush_pending:
-                        scope.cancel()
-                    await trio.sleep_forever()
-                self._timer_scope = None
-                if self._terminated:
-                    break
-                if self._flush_pending:
-                    if self._flush_late:
-                        self._flush_late = False
-                        await trio.lowlevel.checkpoint()
-                        if self._terminated:
-                            break
-                    self._flush_pending = False
-                    if self._dirty:
-                        self._dirty = False
-                        self._pump(with_ack=True)
-                now = trio.current_time()
-                if now < self._deadline:
-                    continue  # woken to flush, or before a deadline that moved later
-                timer = machine.get_timer()
-                if timer is not None and now >= timer:
-                    machine.handle_timer(now)
-                ka = self.config.keep_alive_interval
-                if (ka is not None and self._handshake_done.is_set()
-                        and now >= self._last_send + ka):
-                    self._ping_uid += 1
-                    machine.send_ping(self._ping_uid)
-                self._deadline = math.inf  # force re-arm
-                self._pump()
-        finally:
-            self._timer_scope = None
-            if not self._terminated:
-                # Our task is being cancelled (endpoint shutting down): say goodbye.
-                self.close(_NO_ERROR, "endpoint closing")
 
     def _process_events(self) -> None:
         machine = self._machine
