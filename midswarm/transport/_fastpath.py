@@ -124,8 +124,6 @@ def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | 
     if not active and not ack_due:
         # Nothing to send and nothing that could be: the common call after a
         # receive whose reply already went out.
-        if m._ms_rescan or m._streams_queue or (m.ms_received and m.ms_closing):
-            return None
         if not control_clear(m):
             return None
         m._pacing_at = None
