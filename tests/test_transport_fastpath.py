@@ -205,10 +205,12 @@ async def test_round_trips_take_the_fast_path_one_datagram_each_way(
                 assert len(await stream.receive_message()) == 401
             counts = dict(sent)
             monkeypatch.undo()
-    # A timer-driven ACK or probe may add a few datagrams; not one per round.
-    assert rounds <= counts["client"] <= rounds + 10, counts
-    assert rounds <= counts["server"] <= rounds + 10, counts
-    assert path["send general"] <= 10 and path["receive general"] <= 10, path
+    # On a slow machine an ACK timer can fire before a reply is written and
+    # add an ACK-only datagram now and then; ACKs answering ACKs would add one
+    # (or more) to every round.
+    assert rounds <= counts["client"] <= rounds * 3 // 2, counts
+    assert rounds <= counts["server"] <= rounds * 3 // 2, counts
+    assert path["send general"] <= rounds // 4 and path["receive general"] <= rounds // 4, path
     assert path["receive fast"] >= 2 * rounds, path
 
 
