@@ -34,7 +34,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
-from aioquic import tls
 
 from ._config import QuicConfig
 from ._udp import max_datagram_to
@@ -73,7 +72,6 @@ class ConnectionDriver:
     _flush_pending: bool
     _flush_late: bool
     _dirty: bool
-    _ack_space: Any
     _on_ready: Callable[[Any], None] | None
 
     # --- what the subclass provides ---------------------------------------------------
@@ -102,10 +100,8 @@ class ConnectionDriver:
         self._process_events()
         if self._on_ready is not None and not self.is_client:
             self._check_early_ready()
-        space = self._ack_space
-        if space is None:
-            space = self._ack_space = self._machine._spaces.get(tls.Epoch.ONE_RTT)
         machine = self._machine
+        space = machine.ms_space
         if in_handshake and self.is_client:  # running, or completed just now
             # The client's handshake packets go out after the tasks this woke
             # had their turn: a resumed client's early reply reaches its reader
@@ -177,9 +173,7 @@ class ConnectionDriver:
         if self._datagram_size is not None and machine._handshake_confirmed:
             self._grow_datagrams()
         now = trio.current_time()
-        space = self._ack_space
-        if space is None:
-            space = self._ack_space = machine._spaces.get(tls.Epoch.ONE_RTT)
+        space = machine.ms_space
         if space is not None and space.ack_at is not None and (
                 with_ack or machine.ms_unacked >= 2):
             space.ack_at = now

@@ -88,6 +88,12 @@ class Machine(_AioQuicConnection):
             # and aioquic only announces increases over what it thinks it sent.
             limit.value = limit.sent = config.max_concurrent_streams
         self._ms_window = config.stream_receive_window
+        #: The 1-RTT packet space, keys and crypto stream, set by _initialize
+        #: (the fast path and the driver use them on every packet).
+        self.ms_space: Any = None
+        self.ms_crypto: Any = None
+        self.ms_crypto_stream: Any = None
+        self.ms_zero_rtt_crypto: Any = None
         self._ms_request_client_cert = request_client_cert
         self._loss._pacer = _GranularPacer(max_datagram_size=self._max_datagram_size)
         # stream id -> bytes the application has read
@@ -272,8 +278,8 @@ class Machine(_AioQuicConnection):
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
-        # The 1-RTT objects the fast path uses on every packet, looked up once
-        # (tls.Epoch is a plain Enum: each dict lookup hashes its name).
+        # Looked up once: tls.Epoch is a plain Enum, each dict lookup hashes
+        # its name.  A Retry or version change runs this again.
         self.ms_space = self._spaces[_ONE_RTT]
         self.ms_crypto = self._cryptos[_ONE_RTT]
         self.ms_crypto_stream = self._crypto_streams[_ONE_RTT]
