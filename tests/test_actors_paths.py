@@ -224,6 +224,85 @@ async def test_an_asker_reads_its_own_reply_and_passes_the_role_on() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_ask_nowait_sends_at_once_and_hands_each_outcome_to_its_callback() -> None:
+    client_conn, server_conn = memory_connection_pair()
+    client = MessageStream(await client_conn.open_stream())
+    server = MessageStream(await server_conn.accept_stream())
+    got: dict[str, list[Any]] = {"a": [], "b": [], "c": [], "d": []}
+    async with remote_ref(client) as ref:
+        assert isinstance(ref, _remote.RemoteActorRef)
+        ids = {name: ref.ask_nowait(name, got[name].append) for name in "abc"}
+        assert ids == {"a": 1, "b": 2, "c": 3}
+        # Each frame was written by the call itself, in call order.
+        for ask_id, name in ((1, "a"), (2, "b"), (3, "c")):
+            assert parse_request(await server.receive_message()) == (ask_id, "ask", name)
+        assert ref.forget(3) and not ref.forget(3)
+        boxed = BoxedError("failed", "svc", "ValueError", "bad input")
+        await server.send_message(encode(ActorReply(2, False, error=boxed)))
+        await server.send_message(reply_bytes(3, "late"))  # forgotten: dropped
+        await server.send_message(reply_bytes(1, "A"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert [r.unwrap() for r in got["a"]] == ["A"]
+        (b,) = got["b"]
+        with pytest.raises(ActorFailed, match="bad input"):
+            b.unwrap()
+        assert got["c"] == []
+        # A callback ask and an awaiting asker share the stream: whoever
+        # reads delivers both.
+        ref.ask_nowait("d", got["d"].append)
+        async with trio.open_nursery() as nursery:
+
+            async def asker() -> None:
+                assert await ref.ask("e") == "E"
+
+            nursery.start_soon(asker)
+            for ask_id, name in ((4, "d"), (5, "e")):
+                assert parse_request(await server.receive_message()) == (ask_id, "ask", name)
+            await server.send_message(reply_bytes(5, "E"))
+            await server.send_message(reply_bytes(4, "D"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert [r.unwrap() for r in got["d"]] == ["D"]
+        assert not ref._pending
+        # One left pending when the block exits fails with ActorUnreachable.
+        ref.ask_nowait("f", got.setdefault("f", []).append)
+    (f,) = got["f"]
+    with pytest.raises(ActorUnreachable, match="exited"):
+        f.unwrap()
+    with pytest.raises(ActorUnreachable):
+        ref.ask_nowait("g", got["f"].append)  # refused, nothing sent
+    assert len(got["f"]) == 1
+
+
+async def test_ask_nowait_declines_when_it_would_have_to_wait() -> None:
+    # A stream without non-blocking writes, and a frame over the direct limit.
+    a, b = trio.testing.memory_stream_pair()
+    async with remote_ref(MessageStream(a)) as ref:
+        assert isinstance(ref, _remote.RemoteActorRef)
+        assert ref.ask_nowait("x", pytest.fail) is None
+        assert not ref._pending and ref._next_id == 1  # nothing sent, no id used
+    client_conn, server_conn = memory_connection_pair()
+    async with remote_ref(MessageStream(await client_conn.open_stream())) as ref:
+        assert isinstance(ref, _remote.RemoteActorRef)
+        assert ref.ask_nowait(b"x" * (_remote._DIRECT_SEND_LIMIT + 1), pytest.fail) is None
+        assert not ref._pending
+
+
+async def test_a_broken_stream_fails_callback_asks_with_the_reason() -> None:
+    client_conn, server_conn = memory_connection_pair()
+    client = MessageStream(await client_conn.open_stream())
+    server = MessageStream(await server_conn.accept_stream())
+    got: list[Any] = []
+    async with remote_ref(client) as ref:
+        assert isinstance(ref, _remote.RemoteActorRef)
+        ref.ask_nowait("x", got.append)
+        await server.receive_message()
+        await server.send_message(b"\x93garbage")  # not an envelope
+        await trio.testing.wait_all_tasks_blocked()
+        (result,) = got
+        with pytest.raises(ActorUnreachable, match="protocol error"):
+            result.unwrap()
+
+
 async def test_a_cancelled_reader_loses_no_other_askers_reply(autojump_clock: Any) -> None:
     a, b = trio.testing.memory_stream_pair()
     client, server = MessageStream(a), MessageStream(b)

@@ -150,6 +150,31 @@ async def test_slow_agent_gets_hedged_and_its_late_result_is_a_duplicate(
         assert swarm.stats.completed == 1
 
 
+async def test_an_attempt_that_never_answers_frees_its_credit_at_its_limit(
+        autojump_clock: trio.abc.Clock) -> None:
+    # One agent, one credit: each attempt holds the only credit until its hard
+    # limit (task_timeout * max_attempts = 2 s) settles it -- no task of its
+    # own waits for the reply, the link's expiry task does it.
+    async with probes(1, task_timeout=1.0, credit=1, max_attempts=2) as swarm:
+        from midswarm.swarm import TaskUndeliverable
+
+        start = trio.current_time()
+        with pytest.raises(TaskUndeliverable, match="AskTimeout|no reply"):
+            await swarm.submit(task(1, sleep=30.0))
+        assert trio.current_time() - start == pytest.approx(4.0, abs=0.1)
+        assert swarm.stats.undeliverable == 1
+        # The credit is free again, while the agent still sleeps on both tasks.
+        info = swarm.agents["feature_engineer-1"]
+        assert info.in_flight["feature_engineer"] == 0
+        await swarm.coordinator.wait_idle()  # no attempt is left in flight
+        assert trio.current_time() - start == pytest.approx(4.0, abs=0.1)
+        # The sleepers' replies come after their attempts were given up: dropped.
+        await trio.sleep(70)
+        assert (await swarm.submit(task(2))).names == ["feature_engineer-1"]
+        stats = swarm.stats
+        assert (stats.completed, stats.duplicates, stats.late) == (1, 0, 0)
+
+
 async def test_task_is_rerouted_when_its_agent_disconnects() -> None:
     GATES["disconnect"] = trio.Event()
     async with probes(2, credit=1) as swarm, trio.open_nursery() as nursery:

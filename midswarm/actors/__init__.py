@@ -17,7 +17,7 @@ from ._errors import (
     AskTimeout,
     RestartIntensityExceeded,
 )
-from ._remote import remote_ref
+from ._remote import RemoteActorRef, remote_ref
 from ._serve import serve_actor
 from ._spec import Backoff, ChildSpec, ChildStatus, SupervisionEvent, SupervisorSpec
 from ._supervisor import Supervisor, open_supervisor
@@ -37,6 +37,7 @@ __all__ = [
     "BoxedError",
     "ChildSpec",
     "ChildStatus",
+    "RemoteActorRef",
     "RestartIntensityExceeded",
     "SupervisionEvent",
     "Supervisor",

@@ -58,21 +58,27 @@ _BACKGROUND: Any = object()
 
 
 class _Waiter:
-    """One pending remote ask: its outcome once known, and the task parked on it.
+    """One pending remote ask: its outcome once known, and the task parked on it
+    (or, for :meth:`RemoteActorRef.ask_nowait`, the callback that takes it).
 
     A parked task is woken either with the outcome or with :data:`_TAKE_OVER`.
     """
 
-    __slots__ = ("result", "task")
+    __slots__ = ("result", "task", "callback")
 
-    def __init__(self) -> None:
+    def __init__(self, callback: Callable[[outcome.Outcome[Any]], None] | None = None
+                 ) -> None:
         self.result: outcome.Outcome[Any] | None = None
         self.task: trio.lowlevel.Task | None = None
+        self.callback = callback
 
     def resolve(self, result: outcome.Outcome[Any]) -> None:
         if self.result is not None:
             return
         self.result = result
+        if self.callback is not None:
+            self.callback(result)
+            return
         task, self.task = self.task, None
         if task is not None:
             trio.lowlevel.reschedule(task, result)
@@ -201,6 +207,46 @@ class RemoteActorRef(ActorRef):
         finally:
             self._pending.pop(ask_id, None)
         raise AskTimeout(self.name, timeout)
+
+    def ask_nowait(self, msg: Any, on_reply: Callable[[outcome.Outcome[Any]], None]
+                   ) -> int | None:
+        """Send an ask now, without waiting, if the stream takes its frame at once.
+
+        Returns the ask's id, or ``None`` when the frame could not be written
+        without waiting (a write in progress or queued, backpressure, a large
+        frame, a stream that just failed): then nothing was sent, and
+        :meth:`ask` is the way.  Once sent, ``on_reply`` is called exactly once
+        with the outcome -- the reply's value, the actor's boxed error, or
+        :class:`ActorUnreachable` when the ref breaks or its block exits --
+        synchronously, from whichever task reads the reply or breaks the ref;
+        it must not raise.  No task waits for the reply, so nothing times out:
+        :meth:`forget` gives up on an ask.  Not a checkpoint.  Raises the
+        ref's refusal (:class:`ActorUnreachable`) when it is broken or
+        closing, and :class:`ValueError` for an oversized message.
+        """
+        if self._broken is not None or self._closing:
+            raise self._refuse()
+        ask_id = self._next_id
+        data = self._request(ask_id, "ask", msg)
+        if self._queued or len(data) > _DIRECT_SEND_LIMIT or self._send_lock.locked():
+            return None
+        waiter = _Waiter(on_reply)
+        self._pending[ask_id] = waiter
+        try:
+            sent = self._stream.send_message_nowait(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            sent = False  # ask() meets the failure again and breaks the ref
+        if not sent:
+            del self._pending[ask_id]
+            return None
+        self._next_id += 1
+        return ask_id
+
+    def forget(self, ask_id: int) -> bool:
+        """Stop waiting for the reply to ``ask_nowait``'s ask ``ask_id`` (a late
+        reply is dropped; its callback is not called).  Returns whether it was
+        still pending."""
+        return self._pending.pop(ask_id, None) is not None
 
     async def _ask(self, data: bytes, waiter: _Waiter) -> Any:
         await self._enqueue(data)
