@@ -442,14 +442,20 @@ async def connect_quic(
         qconf.load_verify_locations(cafile=tls.ca)
         if tls.cert is not None:
             qconf.load_cert_chain(tls.cert, tls.key)
+        group: int | None = None
+        on_ticket: Callable[[Any], None] | None = None
         if session_tickets is not None:
-            qconf.session_ticket = session_tickets.get(tls.server_name)
-        machine = Machine(
-            config=cfg,
-            configuration=qconf,
-            session_ticket_handler=session_tickets.add if session_tickets is not None
-            else None,
-        )
+            store = session_tickets
+            qconf.session_ticket = store.get(tls.server_name)
+            if qconf.session_ticket is not None:
+                group = store.key_share_group(tls.server_name)
+
+            def on_ticket(ticket: Any) -> None:
+                store.note_key_share_group(tls.server_name, machine.ms_key_share_group())
+                store.add(ticket)
+
+        machine = Machine(config=cfg, configuration=qconf, key_share_group=group,
+                          session_ticket_handler=on_ticket)
         endpoint = _Endpoint(sock, connected=True, gso=cfg.gso)
         conn = QuicConnection(endpoint, machine, cfg, addr, is_client=True, datagram_size=size)
 
@@ -492,6 +498,10 @@ async def connect_quic(
             finally:
                 conn.close(0, "")
                 nursery.cancel_scope.cancel()
+                if group is not None and not conn.handshake_complete:
+                    # Perhaps the server no longer takes the one group offered
+                    # (aioquic has no HelloRetryRequest): offer all next time.
+                    store.note_key_share_group(tls.server_name, None)
     finally:
         sock.close()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from aioquic.buffer import Buffer
 from aioquic.quic import connection as _aioquic_connection
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
@@ -18,7 +19,7 @@ from aioquic.quic.connection import (
 from aioquic.quic.recovery import QuicPacketPacer
 from aioquic.quic.stream import QuicStream as _AioStream
 from aioquic.tls import Epoch as TlsEpoch
-from aioquic.tls import Group
+from aioquic.tls import Group, pull_server_hello
 from aioquic.tls import State as TlsState
 
 from ._config import QuicConfig
@@ -42,6 +43,7 @@ _ACTIVE_CONNECTION_IDS = 2
 
 #: Key-share groups a client offers, in order of preference.
 _CLIENT_GROUPS = (Group.SECP256R1, Group.X25519)
+_KNOWN_GROUPS = frozenset(int(g) for g in Group)
 
 #: Timers wake at best with millisecond precision (epoll); see _GranularPacer.
 _TIMER_GRANULARITY = 0.002
@@ -75,7 +77,12 @@ class Machine(_AioQuicConnection):
     """aioquic's state machine with our stream limits and receive windows."""
 
     def __init__(self, *, config: QuicConfig, request_client_cert: bool = False,
-                 **kwargs: Any) -> None:
+                 key_share_group: int | None = None, **kwargs: Any) -> None:
+        #: Client: the key-share group the server chose last time (kept with
+        #: the session ticket); a resumed connection offers only that one.
+        self._ms_group = key_share_group
+        #: Client: the ServerHello, kept to read the server's group from.
+        self._ms_server_hello: bytes | None = None
         super().__init__(**kwargs)
         # Ask the peer for one spare connection ID, not seven: each costs a
         # NEW_CONNECTION_ID frame to build and to parse in the first flights,
@@ -285,11 +292,7 @@ class Machine(_AioQuicConnection):
         self.ms_crypto_stream = self._crypto_streams[_ONE_RTT]
         self.ms_zero_rtt_crypto = self._cryptos[TlsEpoch.ZERO_RTT]
         if self._is_client:
-            # aioquic offers a key share for each of P-256, P-384, X25519 and
-            # X448: four key generations (~0.3 ms) for every connection, full
-            # or resumed, when the server uses one.  Offer the two that every
-            # TLS 1.3 server has (P-256 is mandatory), cheapest first.
-            self.tls._supported_groups = list(_CLIENT_GROUPS)
+            self._ms_offer_groups()
         if self._ms_request_client_cert:
             # aioquic has the switch but documents it as test-only: it asks for a
             # client certificate and does not verify it; we verify after the
@@ -308,6 +311,53 @@ class Machine(_AioQuicConnection):
                     context._server_expect_finished()
 
             context._server_handle_hello = server_handle_hello  # type: ignore[method-assign]
+
+    def _ms_offer_groups(self) -> None:
+        """Choose the client's key shares and cipher suites.
+
+        aioquic offers a key share for each of P-256, P-384, X25519 and X448:
+        four key generations (~0.3 ms) for every connection, when the server
+        uses one.  A full handshake offers the two that every TLS 1.3 server
+        has (P-256 is mandatory), cheapest first.  A resumed one knows what
+        this server chose before: it offers that group's share alone and the
+        ticket's cipher suite alone (the PSK is bound to its hash), which
+        saves a key generation and two of the three transcript hashes on the
+        path to the first request.  aioquic has no HelloRetryRequest: a server
+        that no longer takes the group fails the handshake, and
+        :func:`connect_quic` then forgets the group (the next connection
+        offers both again).
+        """
+        context = self.tls
+        ticket = context.session_ticket  # set by aioquic only if usable
+        group = self._ms_group
+        if group is not None and ticket is not None and group in _KNOWN_GROUPS:
+            context._supported_groups = [Group(group)]
+            context._cipher_suites = [ticket.cipher_suite]
+            return
+        context._supported_groups = list(_CLIENT_GROUPS)
+        # Several shares offered: keep the ServerHello to learn which group the
+        # server took (read once a ticket arrives, off the handshake's path).
+        handle_hello = context._client_handle_hello
+
+        def client_handle_hello(input_buf: Any, output_buf: Any) -> None:
+            self._ms_server_hello = input_buf.data_slice(0, input_buf.capacity)
+            handle_hello(input_buf, output_buf)
+
+        context._client_handle_hello = client_handle_hello  # type: ignore[method-assign]
+
+    def ms_key_share_group(self) -> int | None:
+        """Client: the key-share group the server chose, once its ServerHello
+        was processed (``None`` before, or if it cannot be read)."""
+        groups = self.tls._supported_groups
+        if len(groups) == 1:
+            return int(groups[0]) if self.tls.key_schedule is not None else None
+        if self._ms_server_hello is None:
+            return None
+        try:
+            share = pull_server_hello(Buffer(data=self._ms_server_hello)).key_share
+        except Exception:  # a ServerHello aioquic accepted parses; be safe anyway
+            return None
+        return None if share is None else int(share[0])
 
     def _handle_ack_frame(self, context: Any, frame_type: int, buf: Any) -> None:
         if not fast_ack(self, context, frame_type, buf):

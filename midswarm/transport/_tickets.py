@@ -1,10 +1,12 @@
 """TLS session tickets: the client's store (for 0-RTT resumption) and the server's.
 
 A client keeps the newest ticket per server name, in memory and optionally in a
-file (written atomically, mode 0600).  A server keeps the tickets it issued, each
-usable once (the simplest defence against replay of 0-RTT data), together with
-the client identity verified on the connection that earned it — resumption
-skips certificates, so that identity is what a resumed connection is.
+file (written atomically, mode 0600), with the key-share group that server
+chose (a resumed connection offers only that group's share).  A server keeps
+the tickets it issued, each usable once (the simplest defence against replay
+of 0-RTT data), together with the client identity verified on the connection
+that earned it — resumption skips certificates, so that identity is what a
+resumed connection is.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def _ticket_to_plain(t: SessionTicket) -> list[object]:
     return [t.age_add, int(t.cipher_suite), t.not_valid_after.timestamp(),
             t.not_valid_before.timestamp(), t.resumption_secret, t.server_name, t.ticket,
             t.max_early_data_size, [[k, v] for k, v in t.other_extensions]]
+
+
+#: Index of the key-share group after a ticket's fields in the file (files
+#: written before it was kept have no such field).
+_GROUP_FIELD = 9
 
 
 def _ticket_from_plain(p: list[Any]) -> SessionTicket:
@@ -52,14 +59,18 @@ class SessionTicketStore:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self._tickets: dict[str, SessionTicket] = {}
+        self._groups: dict[str, int] = {}
         self._path = Path(path) if path is not None else None
         if self._path is not None and self._path.exists():
             try:
                 raw = msgpack.unpackb(self._path.read_bytes(), raw=False)
                 for name, plain in raw.items():
                     self._tickets[name] = _ticket_from_plain(plain)
+                    if len(plain) > _GROUP_FIELD and plain[_GROUP_FIELD] is not None:
+                        self._groups[name] = int(plain[_GROUP_FIELD])
             except Exception:  # a damaged cache only costs a full handshake
                 self._tickets.clear()
+                self._groups.clear()
 
     def get(self, server_name: str) -> SessionTicket | None:
         ticket = self._tickets.get(server_name)
@@ -75,13 +86,26 @@ class SessionTicketStore:
         if self._path is not None:
             self._save()
 
+    def key_share_group(self, server_name: str) -> int | None:
+        """The TLS key-share group ``server_name`` chose on the connection that
+        earned its ticket, or ``None`` if not known."""
+        return self._groups.get(server_name)
+
+    def note_key_share_group(self, server_name: str, group: int | None) -> None:
+        """Remember (``None``: forget) the group ``server_name`` chose; saved
+        with the next ticket."""
+        if group is None:
+            self._groups.pop(server_name, None)
+        else:
+            self._groups[server_name] = group
+
     def __len__(self) -> int:
         return len(self._tickets)
 
     def _save(self) -> None:
         assert self._path is not None
-        data = msgpack.packb({k: _ticket_to_plain(v) for k, v in self._tickets.items()},
-                             use_bin_type=True)
+        data = msgpack.packb({k: [*_ticket_to_plain(v), self._groups.get(k)]
+                              for k, v in self._tickets.items()}, use_bin_type=True)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".tickets-")
         try:

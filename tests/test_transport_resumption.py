@@ -1,0 +1,179 @@
+"""Resumption's ClientHello: a resumed client offers only the key-share group
+the server chose before and only the ticket's cipher suite; a server that no
+longer takes that group costs one failed connection, after which the client
+offers every group again; the group survives the ticket file.
+
+Real UDP sockets on loopback; the server's view of each ClientHello is read by
+wrapping aioquic's ClientHello parser (the server runs in this process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aioquic.tls
+import msgpack
+import pytest
+import trio
+from _helpers import client_tls, echo_handler, echo_roundtrip, quic_server, read_to_eof
+from aioquic.tls import CipherSuite, ClientHello, Group
+
+from midswarm.transport import ConnectionClosed, SessionTicketStore, connect_quic
+
+
+@pytest.fixture
+def hellos(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ClientHello]]:
+    """Every ClientHello a server in this process parses, in order."""
+    seen: list[ClientHello] = []
+    pull = aioquic.tls.pull_client_hello
+
+    def recording(buf: Any) -> ClientHello:
+        hello = pull(buf)
+        seen.append(hello)
+        return hello
+
+    monkeypatch.setattr(aioquic.tls, "pull_client_hello", recording)
+    yield seen
+
+
+def offered_groups(hello: ClientHello) -> list[int]:
+    return [group for group, _ in hello.key_share or []]
+
+
+async def earn_ticket(port: int, certs: Path, store: SessionTicketStore) -> None:
+    async with connect_quic("127.0.0.1", port, tls=client_tls(certs),
+                            session_tickets=store) as conn:
+        assert await echo_roundtrip(conn, b"first") == b"first"
+    assert store.get("localhost") is not None
+
+
+async def resume_early(port: int, certs: Path, store: SessionTicketStore) -> None:
+    """A 0-RTT request on a resumed connection; checks that the server took it."""
+    async with connect_quic("127.0.0.1", port, tls=client_tls(certs),
+                            session_tickets=store, wait_connected=False) as conn:
+        stream = await conn.open_stream()
+        await stream.send_all(b"early")
+        await stream.send_eof()
+        assert await read_to_eof(stream) == b"early"
+        await conn.wait_handshake()
+        assert conn.session_resumed
+        assert conn.early_data_accepted
+
+
+async def test_resumed_client_offers_the_servers_group_and_suite_alone(
+        certs: Path, hellos: list[ClientHello]) -> None:
+    store = SessionTicketStore()
+    with trio.fail_after(20):
+        async with quic_server(echo_handler, certs) as listener:
+            await earn_ticket(listener.port, certs, store)
+            group = store.key_share_group("localhost")
+            ticket = store.get("localhost")
+            assert ticket is not None
+            for _ in range(2):
+                await resume_early(listener.port, certs, store)
+    full, *resumed = hellos
+    assert offered_groups(full) == [Group.SECP256R1, Group.X25519]
+    assert len(full.cipher_suites) == 3
+    assert group in offered_groups(full)
+    assert len(resumed) == 2
+    for hello in resumed:
+        assert offered_groups(hello) == [group]
+        assert hello.supported_groups == [group]
+        assert hello.cipher_suites == [ticket.cipher_suite]
+        assert hello.pre_shared_key is not None and hello.early_data
+    assert store.key_share_group("localhost") == group
+
+
+def _server_groups_only(monkeypatch: pytest.MonkeyPatch, groups: list[Group]) -> None:
+    """Make every TLS server in this process take only ``groups``."""
+    init = aioquic.tls.Context.__init__
+
+    def limited(self: aioquic.tls.Context, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if not self._is_client:
+            self._supported_groups = list(groups)
+
+    monkeypatch.setattr(aioquic.tls.Context, "__init__", limited)
+
+
+@pytest.mark.parametrize("early", [False, True])
+async def test_server_refusing_the_remembered_group_costs_one_connection(
+        certs: Path, hellos: list[ClientHello], monkeypatch: pytest.MonkeyPatch,
+        early: bool) -> None:
+    """aioquic has no HelloRetryRequest: a server that no longer takes the one
+    group offered fails that handshake.  The client then forgets the group,
+    and its next connections offer every group and resume again."""
+    store = SessionTicketStore()
+    with trio.fail_after(30):
+        async with quic_server(echo_handler, certs) as listener:
+            await earn_ticket(listener.port, certs, store)
+            # As if the server had chosen P-384 last time and now refuses it.
+            store.note_key_share_group("localhost", Group.SECP384R1)
+            _server_groups_only(monkeypatch, [Group.SECP256R1, Group.X25519])
+            with pytest.raises((ConnectionClosed, trio.BrokenResourceError)):
+                async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs),
+                                        session_tickets=store,
+                                        wait_connected=not early) as conn:
+                    stream = await conn.open_stream()
+                    await stream.send_all(b"refused")
+                    await stream.send_eof()
+                    await read_to_eof(stream)
+            assert store.key_share_group("localhost") is None
+            assert offered_groups(hellos[-1]) == [Group.SECP384R1]
+            # The refused attempt used up the ticket on the server: a full
+            # handshake (offering both groups) earns a new one.
+            async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs),
+                                    session_tickets=store) as conn:
+                assert await echo_roundtrip(conn, b"again") == b"again"
+            assert offered_groups(hellos[-1]) == [Group.SECP256R1, Group.X25519]
+            assert store.key_share_group("localhost") == Group.SECP256R1
+            await resume_early(listener.port, certs, store)
+    assert offered_groups(hellos[-1]) == [Group.SECP256R1]
+
+
+async def test_resumption_without_a_known_group_offers_every_group(
+        certs: Path, hellos: list[ClientHello]) -> None:
+    """A ticket without a group (a file from before groups were kept) resumes
+    with the full offer and learns the group."""
+    store = SessionTicketStore()
+    with trio.fail_after(20):
+        async with quic_server(echo_handler, certs) as listener:
+            await earn_ticket(listener.port, certs, store)
+            store.note_key_share_group("localhost", None)
+            await resume_early(listener.port, certs, store)
+            assert offered_groups(hellos[-1]) == [Group.SECP256R1, Group.X25519]
+            assert store.key_share_group("localhost") == Group.SECP256R1
+
+
+async def test_ticket_file_keeps_the_group(certs: Path, tmp_path: Path,
+                                           hellos: list[ClientHello]) -> None:
+    path = tmp_path / "tickets.bin"
+    with trio.fail_after(20):
+        async with quic_server(echo_handler, certs) as listener:
+            await earn_ticket(listener.port, certs, SessionTicketStore(path))
+            second = SessionTicketStore(path)
+            assert second.key_share_group("localhost") == Group.SECP256R1
+            await resume_early(listener.port, certs, second)
+    assert offered_groups(hellos[-1]) == [Group.SECP256R1]
+
+
+def test_ticket_file_without_groups_still_loads(certs: Path, tmp_path: Path) -> None:
+    """Files written before the group was kept hold nine fields per ticket."""
+    path = tmp_path / "tickets.bin"
+    store = SessionTicketStore(path)
+    ticket = aioquic.tls.SessionTicket(
+        age_add=1, cipher_suite=CipherSuite.AES_128_GCM_SHA256,
+        not_valid_after=aioquic.tls.utcnow().replace(year=2100),
+        not_valid_before=aioquic.tls.utcnow(), resumption_secret=b"s" * 32,
+        server_name="localhost", ticket=b"t", max_early_data_size=None)
+    store.note_key_share_group("localhost", Group.X25519)
+    store.add(ticket)
+    raw = msgpack.unpackb(path.read_bytes(), raw=False)
+    assert raw["localhost"][9] == Group.X25519
+    raw["localhost"] = raw["localhost"][:9]
+    path.write_bytes(msgpack.packb(raw, use_bin_type=True))
+    old = SessionTicketStore(path)
+    assert old.get("localhost") == ticket
+    assert old.key_share_group("localhost") is None
