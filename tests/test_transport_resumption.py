@@ -177,3 +177,57 @@ def test_ticket_file_without_groups_still_loads(certs: Path, tmp_path: Path) -> 
     old = SessionTicketStore(path)
     assert old.get("localhost") == ticket
     assert old.key_share_group("localhost") is None
+
+
+# --- when the first flight leaves ------------------------------------------------------
+
+
+async def test_first_write_sends_the_first_flight_at_once(
+        certs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that does not wait for its handshake holds its ClientHello for
+    the first request and sends both as soon as that is written (not some
+    scheduling rounds later); a second request written in the same round
+    follows, and the server takes both as early data."""
+    from midswarm.transport._endpoint import _Endpoint
+
+    store = SessionTicketStore()
+    with trio.fail_after(20):
+        async with quic_server(echo_handler, certs) as listener:
+            await earn_ticket(listener.port, certs, store)
+            sent: list[int] = []
+            send_datagrams = _Endpoint.send_datagrams
+
+            def counting(self: _Endpoint, datagrams: list[tuple[bytes, Any]]) -> None:
+                if self._connected:
+                    sent.extend(len(d) for d, _ in datagrams)
+                send_datagrams(self, datagrams)
+
+            monkeypatch.setattr(_Endpoint, "send_datagrams", counting)
+            async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs),
+                                    session_tickets=store, wait_connected=False) as conn:
+                first = await conn.open_stream()
+                assert sent == []
+                # send_all_nowait is not a checkpoint: no scheduling round
+                # passes between the write and the check.
+                assert first.send_all_nowait(b"one")
+                assert len(sent) == 1  # the ClientHello with the request, already out
+                second = await conn.open_stream()
+                await second.send_all(b"two")
+                for stream in (first, second):
+                    await stream.send_eof()
+                assert await read_to_eof(first) == b"one"
+                assert await read_to_eof(second) == b"two"
+                await conn.wait_handshake()
+                assert conn.session_resumed and conn.early_data_accepted
+
+
+async def test_client_that_writes_nothing_still_connects(certs: Path) -> None:
+    store = SessionTicketStore()
+    with trio.fail_after(20):
+        async with quic_server(echo_handler, certs) as listener:
+            await earn_ticket(listener.port, certs, store)
+            async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs),
+                                    session_tickets=store, wait_connected=False) as conn:
+                await conn.wait_handshake()
+                assert conn.session_resumed
+                assert await echo_roundtrip(conn, b"late") == b"late"

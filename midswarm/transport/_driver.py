@@ -72,6 +72,7 @@ class ConnectionDriver:
     _flush_pending: bool
     _flush_late: bool
     _dirty: bool
+    _first_flight: bool
     _on_ready: Callable[[Any], None] | None
 
     # --- what the subclass provides ---------------------------------------------------
@@ -98,8 +99,6 @@ class ConnectionDriver:
         re-armed timer sends the ACK at aioquic's ACK delay."""
         in_handshake = not self._handshake_done.is_set()
         self._process_events()
-        if self._on_ready is not None and not self.is_client:
-            self._check_early_ready()
         machine = self._machine
         space = machine.ms_space
         if in_handshake and self.is_client:  # running, or completed just now
@@ -112,6 +111,11 @@ class ConnectionDriver:
             self._flush_soon(after_readers=True)
         elif in_handshake:
             self._pump()
+            if self._on_ready is not None and not self._terminated:
+                # A resumed client's 0-RTT request can be answered now; its
+                # handler starts after our flight left (it runs next round
+                # either way, and the client needs the flight first).
+                self._check_early_ready()
         elif (space is not None and space.ack_at is not None
                 and len(space.ack_queue) >= 1 and machine.ms_unacked >= 2):
             self._pump()
@@ -145,6 +149,14 @@ class ConnectionDriver:
         writes that came within 50 us of each other for one round).
         """
         if self._flush_pending:
+            if self._first_flight:
+                # The first write of a client that did not wait for its
+                # handshake (a 0-RTT request): it leaves now, in the
+                # ClientHello's datagram.  Writes after it in this round wait
+                # for the pending flush and share one datagram.
+                self._first_flight = False
+                self._pump(with_ack=True)
+                return
             self._dirty = True
             return
         self._pump(with_ack=True)
@@ -278,6 +290,7 @@ class ConnectionDriver:
                         await trio.lowlevel.checkpoint()
                         if self._terminated:
                             break
+                    self._first_flight = False  # nothing written yet: it leaves now
                     self._flush_pending = False
                     if self._dirty:
                         self._dirty = False

@@ -479,11 +479,12 @@ async def connect_quic(
             if wait_connected:
                 conn._pump()
             else:
-                # The caller's first requests (0-RTT data on a resumed session)
-                # are written right after this returns (open_stream is one
-                # checkpoint): send the first flight two scheduling rounds
-                # later, so they leave in the same datagram as the ClientHello
-                # and the server reads both at once.
+                # The caller's first request (0-RTT data on a resumed session)
+                # is written right after this returns (open_stream is one
+                # checkpoint): the first flight waits for it, so both leave in
+                # one datagram and the server reads them at once.  If nothing
+                # is written within two scheduling rounds, it leaves then.
+                conn._first_flight = True
                 conn._flush_soon(after_readers=True)
             try:
                 if wait_connected:
