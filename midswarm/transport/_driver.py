@@ -155,6 +155,7 @@ class ConnectionDriver:
                 # ClientHello's datagram.  Writes after it in this round wait
                 # for the pending flush and share one datagram.
                 self._first_flight = False
+                self._dirty = False  # this pump sends all there is
                 self._pump(with_ack=True)
                 return
             self._dirty = True
