@@ -72,6 +72,20 @@ async def test_ipv6_loopback(certs: Path) -> None:
             assert await echo_roundtrip(conn, b"six") == b"six"
 
 
+async def test_connect_by_host_name(certs: Path) -> None:
+    """A name (not a numeric address) is resolved by trio's resolver."""
+    first = socket.getaddrinfo("localhost", 0, type=socket.SOCK_DGRAM)[0][4][0]
+    with trio.fail_after(10):
+        async with quic_server(echo_handler, certs, host=first) as listener:
+            async with connect_quic("localhost", listener.port,
+                                    tls=client_tls(certs)) as conn:
+                assert await echo_roundtrip(conn, b"named") == b"named"
+            with pytest.raises(OSError):
+                async with connect_quic("no-such-host.invalid", listener.port,
+                                        tls=client_tls(certs)):
+                    pass
+
+
 @pytest.mark.parametrize("congestion_control", ["reno", "cubic"])
 async def test_congestion_controllers(certs: Path, congestion_control: str) -> None:
     config = QuicConfig(congestion_control=congestion_control)

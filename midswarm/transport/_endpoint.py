@@ -403,6 +403,18 @@ async def serve_quic(
         sock.close()
 
 
+async def _resolve(host: str, port: int) -> list[Any]:
+    """``getaddrinfo`` for a UDP peer.  A numeric address resolves at once
+    without a scheduling round (trio's ``getaddrinfo`` spends one even then,
+    on every connection's path); a name goes to trio's resolver thread."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
+                                  flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+    except socket.gaierror:
+        return await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+
+
 @asynccontextmanager
 async def connect_quic(
     host: str,
@@ -428,7 +440,7 @@ async def connect_quic(
     Leaving the block closes the connection.
     """
     cfg = config if config is not None else QuicConfig()
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    infos = await _resolve(host, port)
     if not infos:
         raise OSError(f"cannot resolve {host!r}")
     family, _, _, _, addr = infos[0]
