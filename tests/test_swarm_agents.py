@@ -172,3 +172,14 @@ async def test_reasoning_bank_refuses_a_bad_batch_and_records_nothing(tmp_path: 
 def test_default_bank_path_is_a_file_name_per_agent() -> None:
     path = default_bank_path("agent/1 x")
     assert path.endswith("reasoning-agent_1_x.sqlite")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_BATCH"), reason="Linux only")
+async def test_kernels_run_in_batch_scheduled_worker_threads() -> None:
+    import os
+
+    from midswarm.swarm._agent_util import run_kernel
+
+    before = os.sched_getscheduler(0)
+    assert await run_kernel(1, os.sched_getscheduler, 0) == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) == before  # the event loop's thread is left alone

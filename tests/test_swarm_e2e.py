@@ -68,6 +68,10 @@ async def test_tasks_complete_once_through_a_kill_and_late_duplicates_are_droppe
         for seed, block in zip(seeds, results, strict=True):
             check_block(block, seed)
         assert coord.stats.completed == 30
+        if hasattr(os, "SCHED_BATCH"):  # spawned beside the coordinator: batch policy
+            for info in coord.agents.values():
+                assert info.pid is not None
+                assert os.sched_getscheduler(info.pid) == os.SCHED_BATCH
 
         # SIGKILL an agent while it holds a task: the task fails over, and the
         # coordinator's supervisor starts a new process for that agent.

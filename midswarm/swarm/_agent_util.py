@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import numbers
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numba
 import trio
 
+from .._util import use_batch_scheduling
 from ..transport import decode, encode
 
 __all__ = ["check_threads", "run_kernel", "wire_copy"]
@@ -26,7 +28,16 @@ def check_threads(value: Any, name: str = "parameters['threads']") -> int:
     return int(value)
 
 
+#: Worker threads already put under batch scheduling.
+_batch = threading.local()
+
+
 def _call_with_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
+    if not getattr(_batch, "done", False):
+        # A kernel is throughput work: waking it must not preempt the event
+        # loops of this agent or of a coordinator on the same machine.
+        _batch.done = True
+        use_batch_scheduling()
     numba.set_num_threads(threads)  # thread-local: affects this worker thread only
     return fn(*args)
 

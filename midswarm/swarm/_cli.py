@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from .._util import open_service_nursery
+from .._util import open_service_nursery, use_batch_scheduling
 from ..cli import command
 from ..transport import ClientTLS, ServerTLS, SessionTicketStore
 from ._config import ConfigError, SwarmConfig, check_composition, load_config
@@ -153,6 +153,9 @@ def _agent_args(p: argparse.ArgumentParser) -> None:
                    help="exit when the connection is lost instead of reconnecting")
     p.add_argument("--exit-on-stdin-eof", action="store_true",
                    help="exit when stdin closes (used by a parent that spawned this agent)")
+    p.add_argument("--batch-scheduling", action="store_true",
+                   help="run under Linux's SCHED_BATCH policy: never preempt another process "
+                        "on waking up (used for agents spawned beside their coordinator)")
     p.add_argument("--log-level", default="info")
 
 
@@ -168,6 +171,8 @@ async def _watch_stdin(scope: trio.CancelScope) -> None:
 async def _run_agent(args: argparse.Namespace, cfg: SwarmConfig) -> int:
     from ._agent_host import run_agent
 
+    if args.batch_scheduling and not use_batch_scheduling():
+        log.info("--batch-scheduling: SCHED_BATCH is not available here; running as usual")
     certs = args.certs
     tls = ClientTLS(_need(os.path.join(certs, "ca.pem"), "CA certificate"),
                     cert=_need(os.path.join(certs, f"{args.agent_id}.pem"), "agent certificate"),

@@ -12,7 +12,11 @@ drain), which stops it for good.  Stopping the actor terminates its process.
 
 The agent's stdin is a pipe from this process and the agent is started with
 ``--exit-on-stdin-eof``: if the coordinator's process dies without cleaning
-up, the pipe closes and the agents exit instead of reconnecting forever.
+up, the pipe closes and the agents exit instead of reconnecting forever.  It
+also runs with ``--batch-scheduling`` (Linux ``SCHED_BATCH``): it shares this
+machine with the coordinator, whose every task passes through its event loop,
+and an agent woken by a request should not take the coordinator's core
+before the coordinator has sent the rest of a scatter and gone to wait.
 
 Its stderr (its log) is this process's stderr, unless a log file is given:
 then every line goes to that file (prefixed with the agent id) and only the
@@ -245,7 +249,8 @@ async def spawn_agent(coord: Coordinator, agent_id: str, types: list[str], certs
         host = "127.0.0.1"
     argv = [sys.executable, "-m", "midswarm", "agent", "--coordinator", f"{host}:{coord.port}",
             "--id", agent_id, "--types", ",".join(types), "--certs", certs,
-            "--server-name", server_name, "--exit-on-stdin-eof", *extra_args]
+            "--server-name", server_name, "--exit-on-stdin-eof", "--batch-scheduling",
+            *extra_args]
     env = dict(os.environ)
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
