@@ -17,7 +17,10 @@ search (banded DTW k-NN, z-normalised, k=10, band 8) three ways:
     ``open_swarm({"pattern_matcher": 2}, spawn="process")``: a coordinator in
     this process, two ``midswarm agent`` processes on loopback QUIC with
     mutual TLS, the library sharded between them; each query is scattered to
-    both and their top-k merged.  Each matcher searches on one thread (its
+    both and their top-k merged.  Each agent process is bound to its own core
+    (``agent_cpus="spread"``; ``--agent-cpus any`` leaves placement to the
+    kernel, which on 2 cores often queues both agents on one core while the
+    other idles).  Each matcher searches on one thread (its
     default ``threads``), in a worker thread of its agent; ``open_swarm``'s
     default ``agent_threads`` caps each agent process at its share of the
     cores.
@@ -88,7 +91,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget: float,
-                  block: int) -> list[dict[str, Any]]:
+                  block: int, agent_cpus: str = "spread") -> list[dict[str, Any]]:
     """Open both swarms, then time the three ways query by query, interleaved
     (so load drifting on a shared machine hits all three alike), then their
     pipelined throughput."""
@@ -97,7 +100,8 @@ async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget:
     tasks = [PatternMatchTask(window=q, params=params) for q in qs]
     library = PatternLibrary(lib, BAND, True)
     async with open_swarm({"pattern_matcher": 2}, spawn="process", config=cfg,
-                          parameters={"pattern_matcher": params}) as quic, \
+                          parameters={"pattern_matcher": params},
+                          agent_cpus=agent_cpus) as quic, \
             open_swarm({"pattern_matcher": 2}, spawn="task", config=cfg,
                        parameters={"pattern_matcher": params}) as memory:
         swarms = {"quic": quic, "memory": memory}
@@ -194,7 +198,8 @@ async def main(args: argparse.Namespace) -> None:
     print(f"library: {args.patterns} patterns of length {args.length}; {args.queries} queries; "
           f"k={K}, band={BAND}; the ways take turns every {args.block} "
           f"quer{'y' if args.block == 1 else 'ies'}", flush=True)
-    rows = await measure(lib, outcomes, qs, args.budget, args.block)
+    print(f"agent processes: agent_cpus={args.agent_cpus!r}", flush=True)
+    rows = await measure(lib, outcomes, qs, args.budget, args.block, args.agent_cpus)
     print(table(rows))
     quic = rows[2]
     print(f"\ncoordination overhead per task over QUIC: p50 {quic['overhead50'] * 1e3:.3f} ms "
@@ -212,6 +217,8 @@ if __name__ == "__main__":
                         help="seconds each timed loop may run at most")
     parser.add_argument("--block", type=int, default=1,
                         help="queries each way runs before the next way takes over (default 1)")
+    parser.add_argument("--agent-cpus", choices=("spread", "any"), default="spread",
+                        help="bind each agent process to its own core (default) or not")
     ns = parser.parse_args()
     if ns.quick:
         ns.patterns, ns.queries, ns.budget = 2000, 60, 5.0

@@ -335,3 +335,17 @@ async def test_a_silent_connection_is_taken_over_by_a_new_hello(
             assert coord.agents["t1"].sessions == 2
             assert (await coord.submit(task(2))).names == ["t1"]
             await coord.shutdown()
+
+
+def test_spreading_agents_deals_out_cpus_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from midswarm.swarm._embed import _spread
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert _spread(2, 1) == [[0], [1]]
+    assert _spread(3, 1) == [[0], [1], [0]]  # more agents than CPUs: round again
+    assert _spread(1, 4) == [[0, 1]]  # no more threads' worth than there are CPUs
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3, 5, 7, 8, 9, 10, 11},
+                        raising=False)
+    assert _spread(2, 4) == [[2, 3, 5, 7], [8, 9, 10, 11]]

@@ -186,3 +186,8 @@ def test_agent_command_rejects_bad_arguments(certs: Path) -> None:
          "--id", "nobody", "--types", "correlator", "--certs", str(certs)],
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "nobody.pem" in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "midswarm", "agent", "--coordinator", "127.0.0.1:1",
+         "--id", "a1", "--types", "correlator", "--certs", str(certs), "--cpus", "0,x"],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "expected CPU ids like 0,2" in out.stderr

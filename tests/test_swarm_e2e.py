@@ -11,6 +11,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,10 +58,26 @@ def check_block(block: object, seed: int) -> None:
     assert np.array_equal(block.values, want.values, equal_nan=True)  # type: ignore[attr-defined]
 
 
+def _placement(coord: Any) -> dict[str, set[int]]:
+    """Agent id -> the CPUs its process may run on (checked against spreading)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return {}
+    from midswarm.swarm._embed import _spread
+
+    ids = sorted(coord.agents)
+    threads = max(1, (os.cpu_count() or 1) // len(ids))
+    expected = dict(zip(ids, map(set, _spread(len(ids), threads)), strict=True))
+    got = {a: os.sched_getaffinity(coord.agents[a].pid) for a in ids}
+    assert got == expected
+    return got
+
+
 async def test_tasks_complete_once_through_a_kill_and_late_duplicates_are_dropped() -> None:
     cfg = CoordinatorConfig(task_timeout=1.5, credit=1, heartbeat_timeout=15.0,
                             agent_wait=30.0)
-    async with open_swarm({"feature_engineer": 2}, spawn="process", config=cfg) as swarm:
+    spread = "spread" if hasattr(os, "sched_getaffinity") else "any"
+    async with open_swarm({"feature_engineer": 2}, spawn="process", config=cfg,
+                          agent_cpus=spread) as swarm:
         coord = swarm.coordinator
         # Every task completes, each exactly once, with the right answer.
         seeds = list(range(30))
@@ -72,6 +89,7 @@ async def test_tasks_complete_once_through_a_kill_and_late_duplicates_are_droppe
             for info in coord.agents.values():
                 assert info.pid is not None
                 assert os.sched_getscheduler(info.pid) == os.SCHED_BATCH
+        placement = _placement(coord)
 
         # SIGKILL an agent while it holds a task: the task fails over, and the
         # coordinator's supervisor starts a new process for that agent.
@@ -94,6 +112,7 @@ async def test_tasks_complete_once_through_a_kill_and_late_duplicates_are_droppe
         await coord.wait_for_agents([victim], timeout=60)
         info = coord.agents[victim]
         assert info.restarts == 1 and info.pid != old_pid and info.sessions == 2
+        assert _placement(coord) == placement  # the new process got the same CPUs
 
         # Freeze one agent (SIGSTOP) holding a task: after task_timeout the task
         # is sent to the other agent too and answered; the frozen agent's own

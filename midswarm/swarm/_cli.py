@@ -42,6 +42,13 @@ def _parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _parse_cpus(text: str) -> set[int]:
+    parts = [part.strip() for part in text.split(",")]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected CPU ids like 0,2, got {text!r}")
+    return {int(part) for part in parts}
+
+
 def _need(path: str, what: str) -> str:
     if not os.path.isfile(path):
         raise ConfigError(f"{what}: no such file {path!r} (make development certificates with "
@@ -153,6 +160,8 @@ def _agent_args(p: argparse.ArgumentParser) -> None:
                    help="exit when the connection is lost instead of reconnecting")
     p.add_argument("--exit-on-stdin-eof", action="store_true",
                    help="exit when stdin closes (used by a parent that spawned this agent)")
+    p.add_argument("--cpus", type=_parse_cpus, metavar="LIST",
+                   help="run only on these CPUs (comma-separated ids, e.g. 0,2; Linux)")
     p.add_argument("--batch-scheduling", action="store_true",
                    help="run under Linux's SCHED_BATCH policy: never preempt another process "
                         "on waking up (used for agents spawned beside their coordinator)")
@@ -171,6 +180,12 @@ async def _watch_stdin(scope: trio.CancelScope) -> None:
 async def _run_agent(args: argparse.Namespace, cfg: SwarmConfig) -> int:
     from ._agent_host import run_agent
 
+    if args.cpus is not None:
+        try:
+            os.sched_setaffinity(0, args.cpus)
+        except (AttributeError, OSError) as exc:
+            raise ConfigError(f"--cpus {','.join(map(str, sorted(args.cpus)))}: "
+                              f"cannot run on those CPUs ({exc})") from None
     if args.batch_scheduling and not use_batch_scheduling():
         log.info("--batch-scheduling: SCHED_BATCH is not available here; running as usual")
     certs = args.certs

@@ -170,7 +170,8 @@ class Membership:
                           *, server_name: str = "localhost", extra_args: Iterable[str] = (),
                           threads: int | None = None,
                           log_file: str | os.PathLike[str] | None = None,
-                          log_echo_level: int = logging.WARNING) -> None:
+                          log_echo_level: int = logging.WARNING,
+                          cpus: Iterable[int] | None = None) -> None:
         """Start ``python -m midswarm agent`` for ``agent_id`` hosting ``types``,
         supervised: restarted (with backoff) when it dies, stopped with the
         coordinator.  ``certs`` must hold ``ca.pem`` and ``<agent_id>.pem/.key``.
@@ -180,14 +181,21 @@ class Membership:
         to this file, and pass on to this process's stderr only its log
         records at ``log_echo_level`` or above and any other output
         (tracebacks); default: the agent writes to this process's stderr.
+        ``cpus``: the CPUs the agent may run on (Linux; default: any).
         Returns once the process is started (not yet
         connected: see :meth:`wait_for_agents`).  Raises :class:`RuntimeError`
-        without a QUIC listener, :class:`ValueError` for a bad id, types or
-        threads, :class:`FileNotFoundError` for missing certificates.
+        without a QUIC listener, :class:`ValueError` for a bad id, types,
+        threads or cpus, :class:`FileNotFoundError` for missing certificates.
         """
         from ._spawn import spawn_agent
 
         self._check_open()
+        if cpus is not None:
+            cpu_list = list(cpus)
+            if not cpu_list or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                       for c in cpu_list):
+                raise ValueError(f"cpus must be non-negative CPU ids, got {cpus!r}")
+            extra_args = [*extra_args, "--cpus", ",".join(map(str, sorted(set(cpu_list))))]
         await spawn_agent(self._coordinator(), agent_id, list(types), os.fspath(certs), server_name,
                           list(extra_args), threads,
                           None if log_file is None else os.fspath(log_file), log_echo_level)
