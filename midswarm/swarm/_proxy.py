@@ -80,7 +80,7 @@ class RemoteActor:
         self._limit_seq = 0
         self._expiring = False  # the expiry task was started
         self._expiry_scope: trio.CancelScope | None = None
-        self._expiry_parked: trio.lowlevel.Task | None = None
+        self._expiry_idle = trio.lowlevel.ParkingLot()  # the expiry task, with nothing to do
 
     @property
     def free(self) -> bool:
@@ -162,9 +162,8 @@ class RemoteActor:
         deadline = trio.current_time() + fwd.timeout
         self._limit_seq += 1
         heapq.heappush(limits, (deadline, self._limit_seq, fwd, ask_id))
-        task, self._expiry_parked = self._expiry_parked, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
+        if self._expiry_idle:
+            self._expiry_idle.unpark()
         elif self._expiry_scope is not None and deadline < self._expiry_scope.deadline:
             self._expiry_scope.deadline = deadline
 
@@ -177,13 +176,7 @@ class RemoteActor:
             while limits and limits[0][2].done:
                 heapq.heappop(limits)
             if not limits:
-                self._expiry_parked = trio.lowlevel.current_task()
-
-                def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
-                    self._expiry_parked = None
-                    return trio.lowlevel.Abort.SUCCEEDED
-
-                await trio.lowlevel.wait_task_rescheduled(abort)
+                await self._expiry_idle.park()
                 continue
             deadline = limits[0][0]
             if trio.current_time() < deadline:
