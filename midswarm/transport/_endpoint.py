@@ -45,7 +45,13 @@ from ._machine import Machine
 from ._quic import QuicConnection
 from ._tickets import SessionTicketStore, _ServerTickets
 from ._tls import ClientTLS, ServerTLS
-from ._udp import MIN_DATAGRAM_SIZE, forbid_fragmentation, max_datagram_to, path_max_datagram_size
+from ._udp import (
+    MIN_DATAGRAM_SIZE,
+    max_datagram_to,
+    path_max_datagram_size,
+    resolve_udp,
+    tune_socket,
+)
 
 __all__ = ["serve_quic", "connect_quic", "QuicListener"]
 
@@ -54,21 +60,10 @@ log = logging.getLogger("midswarm.transport")
 _CID_LENGTH = 8
 _MIN_INITIAL_SIZE = 1200
 _RECV_BATCH = 256
-_SOCKET_BUFFER = 4 << 20
 _INTERNAL_ERROR = 0x3
 _UDP_SEGMENT = 103  # Linux; the socket module does not name it
 _GSO_MAX_SEGMENTS = 64
 _GSO_MAX_BYTES = 65000
-
-
-def _tune_socket(sock: socket.socket) -> None:
-    sock.setblocking(False)
-    forbid_fragmentation(sock)
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
-        except OSError:
-            pass  # the kernel caps it; the default still works
 
 
 class _Endpoint:
@@ -305,7 +300,7 @@ async def serve_quic(
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.bind((host, port))
-        _tune_socket(sock)
+        tune_socket(sock)
         endpoint = _Endpoint(sock, connected=False, gso=cfg.gso)
         tickets = _ServerTickets()
         supported = list(qconf.supported_versions)
@@ -403,18 +398,6 @@ async def serve_quic(
         sock.close()
 
 
-async def _resolve(host: str, port: int) -> list[Any]:
-    """``getaddrinfo`` for a UDP peer.  A numeric address resolves at once
-    without a scheduling round (trio's ``getaddrinfo`` spends one even then,
-    on every connection's path); a name goes to trio's resolver thread."""
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
-                                  flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
-    except socket.gaierror:
-        return await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-
-
 @asynccontextmanager
 async def connect_quic(
     host: str,
@@ -429,24 +412,28 @@ async def connect_quic(
 
     With a ``session_tickets`` store that holds a ticket for ``tls.server_name``,
     the connection resumes (``conn.session_resumed``) and may send 0-RTT data:
-    with ``wait_connected=False`` the block is entered right after the first
-    flight is sent, and streams opened there carry early data
-    (``conn.early_data_accepted`` tells, after the handshake, whether the server
-    took it; if not, aioquic resends it in 1-RTT).  Only idempotent requests
-    belong in early data: it can be replayed.
+    with ``wait_connected=False`` the block is entered at once, and streams
+    opened there carry early data — the ClientHello waits for the first write
+    and leaves in its datagram (or two scheduling rounds later if nothing is
+    written).  ``conn.early_data_accepted`` tells, after the handshake, whether
+    the server took it; if not, aioquic resends it in 1-RTT.  Only idempotent
+    requests belong in early data: it can be replayed.  A resumed connection
+    offers only the key-share group the server chose before (kept in the
+    store); if the server no longer takes it, that handshake fails and the
+    store forgets the group, so the next connection offers every group.
 
     Raises :class:`ConnectionClosed` if the handshake fails (bad certificate,
     wrong server name, refused, no answer within ``config.idle_timeout``).
     Leaving the block closes the connection.
     """
     cfg = config if config is not None else QuicConfig()
-    infos = await _resolve(host, port)
+    infos = await resolve_udp(host, port)
     if not infos:
         raise OSError(f"cannot resolve {host!r}")
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        _tune_socket(sock)
+        tune_socket(sock)
         sock.connect(addr)
         size = cfg.max_datagram_size or path_max_datagram_size(sock)
         qconf = _base_configuration(cfg, is_client=True, handshake_size=_handshake_size(size))
