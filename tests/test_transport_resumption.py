@@ -17,6 +17,7 @@ import aioquic.tls
 import msgpack
 import pytest
 import trio
+import trio.testing
 from _helpers import client_tls, echo_handler, echo_roundtrip, quic_server, read_to_eof
 from aioquic.tls import CipherSuite, ClientHello, Group
 
@@ -231,3 +232,52 @@ async def test_client_that_writes_nothing_still_connects(certs: Path) -> None:
                 await conn.wait_handshake()
                 assert conn.session_resumed
                 assert await echo_roundtrip(conn, b"late") == b"late"
+
+
+async def test_first_flight_leaves_before_other_tasks_run(
+        certs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From connect_quic to the first request's datagram, no scheduling round
+    passes (a task started just before has not run); a second open_stream
+    before any write is a full checkpoint as usual."""
+    from midswarm.transport._endpoint import _Endpoint
+
+    store = SessionTicketStore()
+    ran: list[str] = []
+    sent_before_canary: list[bool] = []
+    with trio.fail_after(20):
+        async with quic_server(echo_handler, certs) as listener:
+            await earn_ticket(listener.port, certs, store)
+            send_datagrams = _Endpoint.send_datagrams
+
+            def noting(self: _Endpoint, datagrams: list[tuple[bytes, Any]]) -> None:
+                if self._connected and not sent_before_canary:
+                    sent_before_canary.append(not ran)
+                send_datagrams(self, datagrams)
+
+            monkeypatch.setattr(_Endpoint, "send_datagrams", noting)
+
+            async def canary() -> None:
+                ran.append("canary")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(canary)
+                async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs),
+                                        session_tickets=store, wait_connected=False) as conn:
+                    task = trio.lowlevel.current_task()
+                    rounds = task._schedule_points  # the counter trio.testing reads
+                    stream = await conn.open_stream()
+                    assert task._schedule_points == rounds
+                    assert not ran
+                    await stream.send_all(b"early")
+                    assert sent_before_canary == [True]
+                    await stream.send_eof()
+                    assert await read_to_eof(stream) == b"early"
+            ran.clear()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(canary)
+                async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs),
+                                        session_tickets=store, wait_connected=False) as conn:
+                    await conn.open_stream()
+                    assert not ran
+                    with trio.testing.assert_checkpoints():  # no write yet: this one yields
+                        await conn.open_stream()

@@ -479,10 +479,10 @@ async def connect_quic(
                 conn._pump()
             else:
                 # The caller's first request (0-RTT data on a resumed session)
-                # is written right after this returns (open_stream is one
-                # checkpoint): the first flight waits for it, so both leave in
-                # one datagram and the server reads them at once.  If nothing
-                # is written within two scheduling rounds, it leaves then.
+                # is written right after this returns (the first open_stream
+                # does not yield): the first flight waits for it, so both leave
+                # in one datagram and the server reads them at once.  If
+                # nothing is written within two scheduling rounds, it leaves.
                 conn._first_flight = True
                 conn._flush_soon(after_readers=True)
             try:
