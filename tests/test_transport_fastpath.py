@@ -18,7 +18,7 @@ from aioquic.quic.connection import QuicConnection as AioQuicConnection
 from midswarm.transport import MessageStream, QuicConfig, _machine
 from midswarm.transport._endpoint import _base_configuration, _Endpoint
 from midswarm.transport._fastpath import fast_datagrams_to_send, fast_receive_datagram
-from midswarm.transport._machine import Machine
+from midswarm.transport._machine import _ACK_DELAY, Machine
 
 ADDR = ("127.0.0.1", 4433)
 
@@ -52,6 +52,10 @@ def connected_pair(certs: Path) -> tuple[Machine, Machine]:
         _exchange(server, client, now)
         _exchange(client, server, now)
     assert client._handshake_confirmed and server._handshake_confirmed
+    for _ in range(2):  # the delayed ACKs of the last packets go out too
+        now += _ACK_DELAY
+        _exchange(server, client, now)
+        _exchange(client, server, now)
     client._events.clear()
     server._events.clear()
     return client, server

@@ -46,6 +46,13 @@ _ONE_RTT = TlsEpoch.ONE_RTT
 #: Connection IDs we let the peer issue to us (RFC 9000's minimum).
 _ACTIVE_CONNECTION_IDS = 2
 
+#: How long an ACK may wait for data to ride on (aioquic waits 1 ms).  An
+#: agent's task often takes longer than 1 ms, and every ACK-only packet sent
+#: meanwhile wakes the peer to read it.  Within the max_ack_delay we announce
+#: (aioquic's 25 ms), which the peer's loss timer allows for; two unacknowledged
+#: packets are still acknowledged at once (see ConnectionDriver._process_received).
+_ACK_DELAY = 0.010
+
 #: Key-share groups a client offers, in order of preference.
 _CLIENT_GROUPS = (Group.SECP256R1, Group.X25519)
 _KNOWN_GROUPS = frozenset(int(g) for g in Group)
@@ -89,6 +96,7 @@ class Machine(_AioQuicConnection):
         #: Client: the ServerHello, kept to read the server's group from.
         self._ms_server_hello: bytes | None = None
         super().__init__(**kwargs)
+        self._ack_delay = _ACK_DELAY
         # Ask the peer for one spare connection ID, not seven: each costs a
         # NEW_CONNECTION_ID frame to build and to parse in the first flights,
         # on every connection's critical path, and midswarm never migrates.
