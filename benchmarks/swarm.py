@@ -4,7 +4,7 @@ Run from the repository root::
 
     python benchmarks/swarm.py             # about 30 s
     python benchmarks/swarm.py --quick     # smoke run, everything shrunk
-    python benchmarks/swarm.py --block 20  # the ways take turns every 20 queries
+    python benchmarks/swarm.py --block 1   # the ways take turns every query
 
 One library of random-walk patterns, one set of query windows, the same
 search (banded DTW k-NN, z-normalised, k=10, band 8) three ways:
@@ -28,13 +28,14 @@ search (banded DTW k-NN, z-normalised, k=10, band 8) three ways:
     the same with ``spawn="task"``: agents as tasks of this process over the
     in-memory transport (no sockets), to separate coordination from QUIC.
 
-The three are timed query by query in turn (interleaved, so load drifting on
-a shared machine hits them alike); ``--block N`` has each run N queries
-before the next takes over.  Taking turns every query, each way starts every
-query with caches filled by another way's search (the in-process kernel
-streams the whole 20,000-pattern library, each agent its 10,000), which
-slows every row, the kernel's included; blocks of 20 queries (about 0.1 s
-each) measure each way in its steady state and still share the drift.
+The three take turns (interleaved, so load drifting on a shared machine hits
+them alike), each running a block of ``--block N`` queries (default 20,
+about 0.1 s) before the next takes over: each way is measured in its steady
+state, as a swarm serving a stream of queries runs.  With ``--block 1`` each
+way starts every query with caches filled by another way's search (the
+in-process kernel streams the whole 20,000-pattern library through this
+process, each agent its 10,000), which slows every row, the kernel's
+included.
 Per row: *sequential* end-to-end latency (one query at a time: p50, p99),
 *coordination overhead* per task (end-to-end time minus the slowest shard's
 own search time, ``PatternMatchResult.compute_time_ms``, which a matcher
@@ -215,7 +216,7 @@ if __name__ == "__main__":
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--budget", type=float, default=20.0,
                         help="seconds each timed loop may run at most")
-    parser.add_argument("--block", type=int, default=1,
+    parser.add_argument("--block", type=int, default=20,
                         help="queries each way runs before the next way takes over (default 1)")
     parser.add_argument("--agent-cpus", choices=("spread", "any"), default="spread",
                         help="bind each agent process to its own core (default) or not")
