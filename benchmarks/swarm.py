@@ -217,7 +217,7 @@ if __name__ == "__main__":
     parser.add_argument("--budget", type=float, default=20.0,
                         help="seconds each timed loop may run at most")
     parser.add_argument("--block", type=int, default=20,
-                        help="queries each way runs before the next way takes over (default 1)")
+                        help="queries each way runs before the next way takes over (default 20)")
     parser.add_argument("--agent-cpus", choices=("spread", "any"), default="spread",
                         help="bind each agent process to its own core (default) or not")
     ns = parser.parse_args()
