@@ -134,6 +134,20 @@ async def test_server_refusing_the_remembered_group_costs_one_connection(
     assert offered_groups(hellos[-1]) == [Group.SECP256R1]
 
 
+async def test_the_group_remembered_is_the_one_the_server_chose(
+        certs: Path, hellos: list[ClientHello], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read from the ServerHello, not assumed to be the first one offered."""
+    _server_groups_only(monkeypatch, [Group.X25519])
+    store = SessionTicketStore()
+    with trio.fail_after(20):
+        async with quic_server(echo_handler, certs) as listener:
+            await earn_ticket(listener.port, certs, store)
+            assert offered_groups(hellos[-1]) == [Group.SECP256R1, Group.X25519]
+            assert store.key_share_group("localhost") == Group.X25519
+            await resume_early(listener.port, certs, store)
+    assert offered_groups(hellos[-1]) == [Group.X25519]
+
+
 async def test_resumption_without_a_known_group_offers_every_group(
         certs: Path, hellos: list[ClientHello]) -> None:
     """A ticket without a group (a file from before groups were kept) resumes
