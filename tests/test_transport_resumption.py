@@ -295,3 +295,52 @@ async def test_first_flight_leaves_before_other_tasks_run(
                     assert not ran
                     with trio.testing.assert_checkpoints():  # no write yet: this one yields
                         await conn.open_stream()
+
+
+async def test_server_sends_its_flight_before_reading_early_data(
+        certs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ClientHello with a 0-RTT request in one datagram: the server's flight
+    leaves before the request reaches the stream, the datagram counts once
+    towards the anti-amplification limit, and the early request is answered."""
+    from midswarm.transport import QuicConnection
+    from midswarm.transport._endpoint import _Endpoint
+
+    order: list[str] = []
+    counted: list[tuple[int, int]] = []  # (datagram size, bytes counted) of a new connection
+    send_datagrams = _Endpoint.send_datagrams
+    on_stream_data = QuicConnection._on_stream_data
+    run_receiver = _Endpoint.run_receiver
+
+    def noting_send(self: _Endpoint, datagrams: list[tuple[bytes, Any]]) -> None:
+        if not self._connected:
+            order.append("send")
+        send_datagrams(self, datagrams)
+
+    def noting_data(self: QuicConnection, event: Any) -> None:
+        if not self.is_client:
+            order.append("data")
+        on_stream_data(self, event)
+
+    async def noting_receiver(self: _Endpoint, on_datagram: Any) -> None:
+        def wrapped(data: bytes, addr: Any, now: float) -> Any:
+            known = set(self.routes.values())
+            conn = on_datagram(data, addr, now)
+            if not self._connected and conn is not None and conn not in known:
+                path = conn._machine._network_paths[0]
+                assert not path.is_validated
+                counted.append((len(data), path.bytes_received))
+            return conn
+        await run_receiver(self, wrapped)
+
+    monkeypatch.setattr(_Endpoint, "send_datagrams", noting_send)
+    monkeypatch.setattr(QuicConnection, "_on_stream_data", noting_data)
+    monkeypatch.setattr(_Endpoint, "run_receiver", noting_receiver)
+    store = SessionTicketStore()
+    with trio.fail_after(20):
+        async with quic_server(echo_handler, certs) as listener:
+            await earn_ticket(listener.port, certs, store)
+            order.clear()
+            counted.clear()
+            await resume_early(listener.port, certs, store)
+    assert order[:2] == ["send", "data"], order
+    assert len(counted) == 1 and counted[0][0] == counted[0][1], counted

@@ -388,6 +388,9 @@ async def serve_quic(
                     if header.packet_type != PACKET_TYPE_INITIAL:
                         return None
                     conn = new_connection(data, addr, header.destination_cid)
+                    if header.version == QuicProtocolVersion.VERSION_1:
+                        conn.first_datagram_received(data, addr, now, header.packet_length)
+                        return conn
                 conn.datagram_received(data, addr, now)
                 return conn
 
