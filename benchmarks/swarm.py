@@ -17,10 +17,9 @@ search (banded DTW k-NN, z-normalised, k=10, band 8) three ways:
     ``open_swarm({"pattern_matcher": 2}, spawn="process")``: a coordinator in
     this process, two ``midswarm agent`` processes on loopback QUIC with
     mutual TLS, the library sharded between them; each query is scattered to
-    both and their top-k merged.  Each agent process is bound to its own core
-    (``agent_cpus="spread"``; ``--agent-cpus any`` leaves placement to the
-    kernel, which on 2 cores often queues both agents on one core while the
-    other idles).  Each matcher searches on one thread (its
+    both and their top-k merged.  ``--agent-cpus spread`` binds each agent
+    process to its own core (``open_swarm(agent_cpus="spread")``); by default
+    the kernel places them.  Each matcher searches on one thread (its
     default ``threads``), in a worker thread of its agent; ``open_swarm``'s
     default ``agent_threads`` caps each agent process at its share of the
     cores.
@@ -92,7 +91,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget: float,
-                  block: int, agent_cpus: str = "spread") -> list[dict[str, Any]]:
+                  block: int, agent_cpus: str = "any") -> list[dict[str, Any]]:
     """Open both swarms, then time the three ways query by query, interleaved
     (so load drifting on a shared machine hits all three alike), then their
     pipelined throughput."""
@@ -218,8 +217,9 @@ if __name__ == "__main__":
                         help="seconds each timed loop may run at most")
     parser.add_argument("--block", type=int, default=20,
                         help="queries each way runs before the next way takes over (default 20)")
-    parser.add_argument("--agent-cpus", choices=("spread", "any"), default="spread",
-                        help="bind each agent process to its own core (default) or not")
+    parser.add_argument("--agent-cpus", choices=("any", "spread"), default="any",
+                        help="let the kernel place the agent processes (default) or bind "
+                             "each to its own core")
     ns = parser.parse_args()
     if ns.quick:
         ns.patterns, ns.queries, ns.budget = 2000, 60, 5.0
