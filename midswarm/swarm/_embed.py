@@ -143,11 +143,9 @@ async def open_swarm(agents: Mapping[str, int] | None = None, *,
     ``agent_cpus="spread"`` (process mode, Linux) binds each agent process to
     its own ``agent_threads`` CPUs of this process's set, round-robin, so the
     kernel never queues two agents on one core while another core idles (it
-    avoids moving recently run processes between cores, so with few cores
-    that happens: measured with 2 agents on 2 cores, a scatter's second
-    agent often waited for the first to finish); ``"any"`` (the default)
-    leaves placement to the operating system, which suits more agents than
-    cores and machines running other work.
+    avoids moving recently run processes between cores; traces of a loaded
+    2-core machine showed a scatter's second agent waiting for the first);
+    ``"any"`` (the default) leaves placement to the operating system.
     ``agent_log`` (process mode) is a file the agent processes' logs are
     appended to; of those, only records at ``agent_log_echo`` or above
     (WARNING by default) and any other output (tracebacks) still reach this
