@@ -145,6 +145,52 @@ class MessageStream:
             else:
                 buf += data
 
+    def receive_message_nowait(self) -> bytes:
+        """One whole message if it has arrived, without waiting or yielding.
+
+        Needs a stream with ``receive_some_nowait`` (a :class:`QuicStream`).
+        Raises :class:`trio.WouldBlock` when no whole message is in yet,
+        :class:`trio.EndOfChannel` as :meth:`receive_message` does, and what the
+        stream raises.  A framing error (an oversized frame, a stream ending
+        inside a frame) raises :class:`ProtocolError` and leaves the stream to
+        the caller, who should :meth:`abort_framing` it.  Not a checkpoint.
+        """
+        buf = self._buf
+        while True:
+            if len(buf) >= 4:
+                (n,) = _HEADER.unpack_from(buf)
+                if n > self.max_message_size:
+                    self._broken_framing(
+                        f"frame of {n} bytes exceeds max_message_size={self.max_message_size}")
+                end = 4 + n
+                if len(buf) >= end:
+                    msg = bytes(buf[4:end])
+                    del buf[:end]
+                    return msg
+            if self._eof:
+                if buf:
+                    self._broken_framing(
+                        f"stream ended inside a frame ({len(buf)} bytes pending)")
+                raise trio.EndOfChannel
+            receive_some_nowait = getattr(self.stream, "receive_some_nowait", None)
+            if receive_some_nowait is None:
+                raise trio.WouldBlock
+            data = receive_some_nowait(_RECEIVE_CHUNK)
+            if not data:
+                self._eof = True
+            else:
+                buf += data
+
+    def _broken_framing(self, why: str) -> None:
+        self._buf.clear()
+        self._eof = True
+        raise ProtocolError(why)
+
+    async def abort_framing(self, why: str) -> None:
+        """Reset the stream as :meth:`receive_message` does on a framing error
+        (after :meth:`receive_message_nowait` raised :class:`ProtocolError`)."""
+        await self._abort_quietly(FRAMING_ERROR_CODE, why)
+
     async def _fail(self, why: str) -> None:
         self._buf.clear()
         self._eof = True

@@ -246,7 +246,7 @@ class QuicConnection(ConnectionDriver):
                 stream = self._stream_for(event.stream_id)  # type: ignore[attr-defined]
                 if stream is not None:
                     stream._reset_code = event.error_code  # type: ignore[attr-defined]
-                    stream._recv_lot.unpark_all()
+                    stream._readable()
             elif kind is events.StopSendingReceived:
                 sid = event.stream_id  # type: ignore[attr-defined]
                 stream = self._stream_for(sid)
@@ -288,7 +288,7 @@ class QuicConnection(ConnectionDriver):
             stream._rbuf += event.data
         if event.end_stream:
             stream._eof = True
-        stream._recv_lot.unpark_all()
+        stream._readable()
 
     def _on_handshake(self, event: events.HandshakeCompleted) -> None:
         self.session_resumed = event.session_resumed

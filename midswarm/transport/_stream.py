@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -41,6 +42,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self._send_lot = trio.lowlevel.ParkingLot()
         self._send_conflict = False
         self._recv_conflict = False
+        self._on_readable: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<QuicStream {self.stream_id}>"
@@ -202,6 +204,55 @@ class QuicStream(trio.abc.HalfCloseableStream):
         finally:
             self._recv_conflict = False
 
+    def receive_some_nowait(self, max_bytes: int | None = None) -> bytes:
+        """What :meth:`receive_some` would return at once, without waiting or
+        yielding: buffered data, or ``b""`` after the peer's FIN.
+
+        Raises :class:`trio.WouldBlock` when nothing has arrived (or another
+        task is receiving), and otherwise what :meth:`receive_some` raises.
+        Not a checkpoint.
+        """
+        if self._recv_conflict:
+            raise trio.WouldBlock
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        buf = self._rbuf
+        if not buf:
+            if self._reset_code is not None:
+                exc = trio.BrokenResourceError(
+                    f"peer reset stream {self.stream_id} (code {self._reset_code})")
+                exc.error_code = self._reset_code  # type: ignore[attr-defined]
+                raise exc
+            if self._eof:
+                return b""
+            broken = self._conn._broken_error()
+            if broken is not None:
+                raise broken
+            raise trio.WouldBlock
+        if max_bytes is None or max_bytes >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:max_bytes])
+            del buf[:max_bytes]
+        self._conn._consumed(self.stream_id, len(data))
+        return data
+
+    def set_readable_callback(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback()`` whenever something arrives that a receiver could
+        take: data, the peer's FIN or reset, the stream or its connection
+        closing.  It runs synchronously inside the connection's receive
+        processing, before any task waiting in :meth:`receive_some` is woken;
+        it may take the data with :meth:`receive_some_nowait` and must not
+        raise or block.  ``None`` removes it."""
+        self._on_readable = callback
+
+    def _readable(self) -> None:
+        callback = self._on_readable
+        if callback is not None:
+            callback()
+        self._recv_lot.unpark_all()
+
     # --- closing ------------------------------------------------------------------
 
     async def abort(self, error_code: int, reason: str = "") -> None:
@@ -256,5 +307,5 @@ class QuicStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
 
     def _wake(self) -> None:
-        self._recv_lot.unpark_all()
+        self._readable()
         self._send_lot.unpark_all()
