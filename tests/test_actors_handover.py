@@ -166,3 +166,58 @@ async def test_an_unusable_stream_breaks_a_handed_over_ref(certs: Path, how: str
                 got[0].unwrap()
             with pytest.raises(ActorUnreachable, match=reason):
                 await ref.ask("after")
+
+
+async def test_a_stream_read_only_from_its_callback_keeps_its_window_open(
+        certs: Path) -> None:
+    """Far more than the stream's receive window (1 MiB), taken only with
+    receive_some_nowait from inside the receive processing (which must not
+    transmit from there): the window is still granted back, so nothing stalls."""
+    async with stream_pair(certs) as (client, server):
+        total = 0
+
+        def take() -> None:
+            nonlocal total
+            try:
+                while True:
+                    total += len(client.receive_some_nowait())
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # a callback must not raise: not even at the end
+
+        client.set_readable_callback(take)
+        with trio.fail_after(20):
+            for _ in range(64):
+                await server.send_all(b"z" * 65536)  # 4 MiB in all
+            while total < 64 * 65536:
+                await trio.sleep(0.001)
+        assert total == 64 * 65536
+
+
+async def test_a_reply_that_cannot_be_delivered_breaks_only_its_ref(
+        certs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with stream_pair(certs) as (client, raw_server):
+        server = MessageStream(raw_server)
+        got: list[Any] = []
+
+        def explode(result: Any) -> None:
+            got.append(result)
+            raise RuntimeError("a callback that raises")
+
+        async with remote_ref(MessageStream(client), name="svc") as ref:
+            assert isinstance(ref, _remote.RemoteActorRef)
+            ref.ask_nowait("q", explode)
+            ref.ask_nowait("r", got.append)
+            await server.receive_message()
+            await server.receive_message()
+            await _answer(server, (1, "Q"))
+            with trio.fail_after(5):
+                while len(got) < 2:
+                    await trio.sleep(0.001)
+            assert got[0].unwrap() == "Q"
+            with pytest.raises(ActorUnreachable, match="a callback that raises"):
+                got[1].unwrap()
+        # The connection itself is fine: a new stream on it still works.
+        conn = client.connection
+        other = MessageStream(await conn.open_stream())
+        await other.send_message(b"still here")
+    assert "delivering a reply from svc failed" in caplog.text

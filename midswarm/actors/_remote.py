@@ -35,6 +35,7 @@ breaks or carries garbage, every pending ask fails at once with
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -50,6 +51,8 @@ from ._serve import close_quietly
 from ._wire import BoxedError, decode_payload, parse_reply, request_bytes
 
 __all__ = ["RemoteActorRef", "remote_ref"]
+
+log = logging.getLogger("midswarm.actors")
 
 #: Frames up to this size may be written by the calling task itself (shielded,
 #: so they must be quick to write); larger ones always go through the writer.
@@ -367,6 +370,9 @@ class RemoteActorRef(ActorRef):
             self._trouble = (f"protocol error on the stream: {exc}", exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._trouble = (f"the stream broke: {exc!r}", None)
+        except Exception as exc:  # never into the transport's receive processing
+            log.exception("delivering a reply from %s failed", self.name)
+            self._trouble = (f"delivering a reply failed: {exc!r}", None)
         self._trouble_lot.unpark_all()
 
     async def _await_trouble(self) -> None:

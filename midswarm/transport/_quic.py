@@ -198,12 +198,18 @@ class QuicConnection(ConnectionDriver):
 
     # --- stream bookkeeping --------------------------------------------------------
 
-    def _consumed(self, stream_id: int, n: int) -> None:
+    def _consumed(self, stream_id: int, n: int, *, now: bool = True) -> None:
+        """The application read ``n`` bytes of a stream: grant the window
+        back when due -- at once, or (``now=False``, when called from inside
+        the receive processing) with the next scheduling round's flush."""
         machine = self._machine
         consumed = machine.ms_consumed
         consumed[stream_id] = consumed.get(stream_id, 0) + n
         if machine.window_update_due(stream_id):
-            self._pump()
+            if now:
+                self._pump()
+            else:
+                self._flush_soon()
 
     def _forget(self, stream: QuicStream) -> None:
         sid = stream.stream_id

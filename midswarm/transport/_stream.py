@@ -235,7 +235,9 @@ class QuicStream(trio.abc.HalfCloseableStream):
         else:
             data = bytes(buf[:max_bytes])
             del buf[:max_bytes]
-        self._conn._consumed(self.stream_id, len(data))
+        # No transmission from here: this may run inside the receive
+        # processing (a readable callback), which must not be re-entered.
+        self._conn._consumed(self.stream_id, len(data), now=False)
         return data
 
     def set_readable_callback(self, callback: Callable[[], None] | None) -> None:
