@@ -123,27 +123,17 @@ class MessageStream:
         between messages, and :class:`ProtocolError` for an oversized frame or a
         stream that ends inside a frame.
         """
-        buf = self._buf
         while True:
-            if len(buf) >= 4:
-                (n,) = _HEADER.unpack_from(buf)
-                if n > self.max_message_size:
-                    await self._fail(
-                        f"frame of {n} bytes exceeds max_message_size={self.max_message_size}")
-                end = 4 + n
-                if len(buf) >= end:
-                    msg = bytes(buf[4:end])
-                    del buf[:end]
-                    return msg
-            if self._eof:
-                if buf:
-                    await self._fail(f"stream ended inside a frame ({len(buf)} bytes pending)")
-                raise trio.EndOfChannel
+            got = self._buffered()
+            if isinstance(got, bytes):
+                return got
+            if got is not None:
+                await self._fail(got)
             data = await self.stream.receive_some(_RECEIVE_CHUNK)
             if not data:
                 self._eof = True
             else:
-                buf += data
+                self._buf += data
 
     def receive_message_nowait(self) -> bytes:
         """One whole message if it has arrived, without waiting or yielding.
@@ -155,23 +145,14 @@ class MessageStream:
         inside a frame) raises :class:`ProtocolError` and leaves the stream to
         the caller, who should :meth:`abort_framing` it.  Not a checkpoint.
         """
-        buf = self._buf
         while True:
-            if len(buf) >= 4:
-                (n,) = _HEADER.unpack_from(buf)
-                if n > self.max_message_size:
-                    self._broken_framing(
-                        f"frame of {n} bytes exceeds max_message_size={self.max_message_size}")
-                end = 4 + n
-                if len(buf) >= end:
-                    msg = bytes(buf[4:end])
-                    del buf[:end]
-                    return msg
-            if self._eof:
-                if buf:
-                    self._broken_framing(
-                        f"stream ended inside a frame ({len(buf)} bytes pending)")
-                raise trio.EndOfChannel
+            got = self._buffered()
+            if isinstance(got, bytes):
+                return got
+            if got is not None:
+                self._buf.clear()
+                self._eof = True
+                raise ProtocolError(got)
             receive_some_nowait = getattr(self.stream, "receive_some_nowait", None)
             if receive_some_nowait is None:
                 raise trio.WouldBlock
@@ -179,12 +160,27 @@ class MessageStream:
             if not data:
                 self._eof = True
             else:
-                buf += data
+                self._buf += data
 
-    def _broken_framing(self, why: str) -> None:
-        self._buf.clear()
-        self._eof = True
-        raise ProtocolError(why)
+    def _buffered(self) -> bytes | str | None:
+        """The next whole message in the buffer (taken out of it); ``None``
+        if more must be read first; a framing error's description.  Raises
+        :class:`trio.EndOfChannel` at a clean end."""
+        buf = self._buf
+        if len(buf) >= 4:
+            (n,) = _HEADER.unpack_from(buf)
+            if n > self.max_message_size:
+                return f"frame of {n} bytes exceeds max_message_size={self.max_message_size}"
+            end = 4 + n
+            if len(buf) >= end:
+                msg = bytes(buf[4:end])
+                del buf[:end]
+                return msg
+        if self._eof:
+            if buf:
+                return f"stream ended inside a frame ({len(buf)} bytes pending)"
+            raise trio.EndOfChannel
+        return None
 
     async def abort_framing(self, why: str) -> None:
         """Reset the stream as :meth:`receive_message` does on a framing error

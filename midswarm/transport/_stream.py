@@ -177,26 +177,12 @@ class QuicStream(trio.abc.HalfCloseableStream):
                     raise trio.ClosedResourceError("stream was closed")
                 if self._rbuf:
                     break
-                if self._reset_code is not None:
-                    exc = trio.BrokenResourceError(
-                        f"peer reset stream {self.stream_id} (code {self._reset_code})")
-                    exc.error_code = self._reset_code  # type: ignore[attr-defined]
-                    raise exc
-                if self._eof:
+                if self._at_end():
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
-                broken = self._conn._broken_error()
-                if broken is not None:
-                    raise broken
                 await self._recv_lot.park()
                 parked = True
-            buf = self._rbuf
-            if max_bytes is None or max_bytes >= len(buf):
-                data = bytes(buf)
-                buf.clear()
-            else:
-                data = bytes(buf[:max_bytes])
-                del buf[:max_bytes]
+            data = self._take(max_bytes)
             self._conn._consumed(self.stream_id, len(data))
             if not parked:  # parking was our schedule point already
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -216,28 +202,39 @@ class QuicStream(trio.abc.HalfCloseableStream):
             raise trio.WouldBlock
         if self._closed:
             raise trio.ClosedResourceError("stream was closed")
-        buf = self._rbuf
-        if not buf:
-            if self._reset_code is not None:
-                exc = trio.BrokenResourceError(
-                    f"peer reset stream {self.stream_id} (code {self._reset_code})")
-                exc.error_code = self._reset_code  # type: ignore[attr-defined]
-                raise exc
-            if self._eof:
+        if not self._rbuf:
+            if self._at_end():
                 return b""
-            broken = self._conn._broken_error()
-            if broken is not None:
-                raise broken
             raise trio.WouldBlock
+        data = self._take(max_bytes)
+        # No transmission from here: this may run inside the receive
+        # processing (a readable callback), which must not be re-entered.
+        self._conn._consumed(self.stream_id, len(data), now=False)
+        return data
+
+    def _at_end(self) -> bool:
+        """With nothing buffered: ``True`` after the peer's FIN, ``False`` if
+        more may come; raises for a reset stream or a closed connection."""
+        if self._reset_code is not None:
+            exc = trio.BrokenResourceError(
+                f"peer reset stream {self.stream_id} (code {self._reset_code})")
+            exc.error_code = self._reset_code  # type: ignore[attr-defined]
+            raise exc
+        if self._eof:
+            return True
+        broken = self._conn._broken_error()
+        if broken is not None:
+            raise broken
+        return False
+
+    def _take(self, max_bytes: int | None) -> bytes:
+        buf = self._rbuf
         if max_bytes is None or max_bytes >= len(buf):
             data = bytes(buf)
             buf.clear()
         else:
             data = bytes(buf[:max_bytes])
             del buf[:max_bytes]
-        # No transmission from here: this may run inside the receive
-        # processing (a readable callback), which must not be re-entered.
-        self._conn._consumed(self.stream_id, len(data), now=False)
         return data
 
     def set_readable_callback(self, callback: Callable[[], None] | None) -> None:
