@@ -16,7 +16,8 @@ from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection as AioQuicConnection
 
 from midswarm.transport import MessageStream, QuicConfig, _machine
-from midswarm.transport._endpoint import _base_configuration, _Endpoint
+from midswarm.transport._connect import _base_configuration
+from midswarm.transport._endpoint import _Endpoint
 from midswarm.transport._fastpath import fast_datagrams_to_send, fast_receive_datagram
 from midswarm.transport._machine import _ACK_DELAY, Machine
 

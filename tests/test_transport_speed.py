@@ -290,7 +290,7 @@ def test_handshake_datagrams_are_small() -> None:
     """Initial datagrams are padded to the full datagram size and aioquic parses
     padding a byte at a time: a handshake uses at most 1452 bytes (less when the
     path is smaller), and never less than QUIC's 1200."""
-    from midswarm.transport._endpoint import _handshake_size
+    from midswarm.transport._connect import _handshake_size
 
     assert _handshake_size(MAX_DATAGRAM_SIZE) == 1452
     assert _handshake_size(1300) == 1300

@@ -8,7 +8,7 @@ msgpack bytes and back.
 
 from ._codec import PROTOCOL_VERSION, converter, decode, encode, message, pack, unpack
 from ._config import MAX_DATAGRAM_SIZE, QuicConfig
-from ._endpoint import QuicListener, connect_quic, serve_quic
+from ._connect import QuicListener, connect_quic, serve_quic
 from ._errors import ConnectionClosed, ProtocolError
 from ._framing import DEFAULT_MAX_MESSAGE_SIZE, FRAMING_ERROR_CODE, MessageStream
 from ._memory import MemoryConnection, MemoryStream, memory_connection_pair

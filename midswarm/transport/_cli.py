@@ -12,7 +12,7 @@ import time
 import trio
 
 from ..cli import command
-from ._endpoint import connect_quic, serve_quic
+from ._connect import connect_quic, serve_quic
 from ._framing import MessageStream
 from ._quic import QuicConnection
 from ._serve import serve_streams
