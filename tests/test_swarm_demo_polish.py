@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from midswarm.swarm._demo import DemoOptions, _Replay
+from midswarm.swarm._demo_stats import status_line
 from midswarm.swarm._market import synthetic_market
 from midswarm.swarm._spawn import pump_agent_output
 
@@ -80,18 +81,18 @@ def fake_replay() -> tuple[_Replay, SimpleNamespace]:
 
 def test_status_lines_before_and_after_the_first_results() -> None:
     replay, stats = fake_replay()
-    line = replay.status_line(1.0, stats, 0, 1.0)
+    line = status_line(replay, 1.0, stats, 0, 1.0)
     assert "waiting for first results (3 tasks in flight)" in line
     assert "nan" not in line and "loss n/a (no step yet)" in line
     replay.latency.add(0.004)
     replay.latency.add(0.006)
-    line = replay.status_line(2.0, stats, 2, 1.0)
+    line = status_line(replay, 2.0, stats, 2, 1.0)
     assert "tasks/s     2.0 | p50   5.00 ms p99   5.98 ms" in line
-    line = replay.status_line(3.0, stats, 0, 1.0)
+    line = status_line(replay, 3.0, stats, 0, 1.0)
     assert "no demo task finished in the last 1.0 s (3 in flight)" in line
     assert "nan" not in line
     replay.training = False  # no trainer in the swarm: no loss to speak of
-    assert "loss" not in replay.status_line(4.0, stats, 0, 1.0)
+    assert "loss" not in status_line(replay, 4.0, stats, 0, 1.0)
 
 
 def test_correlation_cadence_follows_the_duration() -> None:

@@ -63,7 +63,7 @@ from ._demo_stats import (
     ArmStats,
     DemoSummary,
     LatencyWindow,
-    percentile,
+    status_line,
     summarise_replay,
 )
 from ._embed import Swarm, open_swarm
@@ -371,32 +371,9 @@ class _Replay:
             await trio.sleep(self.options.status_interval)
             now = trio.current_time()
             stats = self.swarm.stats
-            self.out(self.status_line(now - started, stats, stats.completed - last_completed,
-                                      now - last_time))
+            self.out(status_line(self, now - started, stats, stats.completed - last_completed,
+                                 now - last_time))
             last_completed, last_time = stats.completed, now
-
-    def status_line(self, elapsed: float, stats: Any, completed: int, interval: float) -> str:
-        """One status line: ``completed`` tasks finished in the last ``interval`` s."""
-        latencies = self.latency.take_interval()
-        agents = self.swarm.agents.values()
-        live = sum(1 for a in agents if a.state == "connected")
-        if latencies:
-            work = (f"tasks/s {completed / max(interval, 1e-9):7.1f} | "
-                    f"p50 {1000 * percentile(latencies, 50):6.2f} ms p99 "
-                    f"{1000 * percentile(latencies, 99):6.2f} ms")
-        elif not self.latency.all:
-            work = f"waiting for first results ({stats.in_flight} tasks in flight)"
-        else:
-            work = (f"tasks/s {completed / max(interval, 1e-9):7.1f} | no demo task finished "
-                    f"in the last {interval:.1f} s ({stats.in_flight} in flight)")
-        loss = ""
-        if self.training:
-            loss = ("loss " + (f"{self.server.losses[-1]:.4f}" if self.server.losses
-                               else "n/a (no step yet)") + " | ")
-        return (f"[{elapsed:6.1f}s] agents {live}/{len(agents)} | {work} | "
-                f"restarts {self.restarts()} | verdicts {stats.verdicts} | "
-                f"adaptations {stats.adaptations_acked} | {loss}"
-                f"bars {min(self.bars_done.values())}")
 
 
 def _load_market(options: DemoOptions) -> MarketData:

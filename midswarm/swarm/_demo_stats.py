@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ._embed import Swarm
 
 __all__ = ["ARM_OFF", "ARM_ON", "ArmStats", "DemoSummary", "LatencyWindow", "percentile",
-           "summarise_replay"]
+           "status_line", "summarise_replay"]
 
 ARM_ON = "learning on"
 ARM_OFF = "learning off"
@@ -241,3 +241,29 @@ def summarise_replay(replay: _Replay, swarm: Swarm, options: DemoOptions,
         correlations=replay.correlations,
         correlation_every=options.correlation_every if replay.correlating else math.nan,
         skipped=skipped, stopped_by=stopped_by)
+
+
+def status_line(replay: _Replay, elapsed: float, stats: Any, completed: int,
+                interval: float) -> str:
+    """One status line of ``replay``: ``completed`` tasks finished in the last
+    ``interval`` s."""
+    latencies = replay.latency.take_interval()
+    agents = replay.swarm.agents.values()
+    live = sum(1 for a in agents if a.state == "connected")
+    if latencies:
+        work = (f"tasks/s {completed / max(interval, 1e-9):7.1f} | "
+                f"p50 {1000 * percentile(latencies, 50):6.2f} ms p99 "
+                f"{1000 * percentile(latencies, 99):6.2f} ms")
+    elif not replay.latency.all:
+        work = f"waiting for first results ({stats.in_flight} tasks in flight)"
+    else:
+        work = (f"tasks/s {completed / max(interval, 1e-9):7.1f} | no demo task finished "
+                f"in the last {interval:.1f} s ({stats.in_flight} in flight)")
+    loss = ""
+    if replay.training:
+        loss = ("loss " + (f"{replay.server.losses[-1]:.4f}" if replay.server.losses
+                           else "n/a (no step yet)") + " | ")
+    return (f"[{elapsed:6.1f}s] agents {live}/{len(agents)} | {work} | "
+            f"restarts {replay.restarts()} | verdicts {stats.verdicts} | "
+            f"adaptations {stats.adaptations_acked} | {loss}"
+            f"bars {min(replay.bars_done.values())}")
