@@ -175,6 +175,24 @@ async def test_an_attempt_that_never_answers_frees_its_credit_at_its_limit(
         assert (stats.completed, stats.duplicates, stats.late) == (1, 0, 0)
 
 
+async def test_a_task_that_cannot_be_sent_fails_alone() -> None:
+    """A task the wire cannot carry (here an object msgpack cannot encode)
+    fails its caller with the reason; no credit is lost, no session ends."""
+    async with probes(2, credit=1) as swarm:
+        for _ in range(3):  # more than the agents' credits: none may leak
+            with pytest.raises(ActorFailed, match="could not be sent.*cannot encode"):
+                await swarm.submit(task(1, bad=object()))
+        with pytest.raises(ActorFailed, match="could not be sent"):
+            await swarm.submit(task(1, bad=object()), agent="feature_engineer-2")
+        assert all(info.in_flight["feature_engineer"] == 0
+                   for info in swarm.agents.values())
+        assert all(info.sessions == 1 and info.state == "connected"
+                   for info in swarm.agents.values())
+        result = await swarm.submit(task(2))
+        assert int(result.values[0, 0]) == 4
+        assert swarm.stats.failed == 4 and swarm.stats.completed == 1
+
+
 async def test_task_is_rerouted_when_its_agent_disconnects() -> None:
     GATES["disconnect"] = trio.Event()
     async with probes(2, credit=1) as swarm, trio.open_nursery() as nursery:

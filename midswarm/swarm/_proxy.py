@@ -41,7 +41,14 @@ from typing import Any
 import outcome
 import trio
 
-from ..actors import ActorError, ActorRef, ActorUnreachable, AskTimeout, RemoteActorRef
+from ..actors import (
+    ActorError,
+    ActorFailed,
+    ActorRef,
+    ActorUnreachable,
+    AskTimeout,
+    RemoteActorRef,
+)
 
 __all__ = ["Forward", "RemoteActor"]
 
@@ -101,6 +108,8 @@ class RemoteActor:
             value = await self.ref.ask(fwd.msg, timeout=fwd.timeout)
         except ActorError as exc:
             result = outcome.Error(exc)
+        except (TypeError, ValueError) as exc:  # raised before anything was sent
+            result = outcome.Error(self._unsendable(exc))
         except BaseException:
             fwd.settle(self, outcome.Error(ActorUnreachable(
                 self.name, "the agent's session ended while the task was in flight")))
@@ -144,13 +153,21 @@ class RemoteActor:
         except ActorError as exc:  # the ref is broken or closing
             fwd.settle(self, outcome.Error(exc))
             return True
-        except ValueError:  # too large: the forwarding task reports it as before
-            return False
+        except (TypeError, ValueError) as exc:
+            fwd.settle(self, outcome.Error(self._unsendable(exc)))
+            return True
         if ask_id is None:
             return False
         if fwd.timeout is not None:
             self._limit(fwd, ask_id)
         return True
+
+    def _unsendable(self, exc: TypeError | ValueError) -> ActorFailed:
+        """The failure of a message the wire cannot carry (it cannot be
+        encoded, or exceeds the stream's frame limit): it fails its task like
+        an actor's failure would -- retried once, then raised to the caller --
+        and nothing else."""
+        return ActorFailed(self.name, type(exc).__name__, f"could not be sent: {exc}")
 
     def _limit(self, fwd: Forward, ask_id: int) -> None:
         assert fwd.timeout is not None
