@@ -47,7 +47,7 @@ from .._util import open_service_nursery
 from ..transport import MessageStream, ProtocolError
 from ._actor import ActorRef, check_timeout
 from ._errors import ActorError, ActorUnreachable, AskTimeout
-from ._serve import close_quietly
+from ._serve import _STREAM_ENDS, close_quietly
 from ._wire import BoxedError, decode_payload, parse_reply, request_bytes
 
 __all__ = ["RemoteActorRef", "remote_ref"]
@@ -65,6 +65,15 @@ _DIRECT_SEND_LIMIT = 64 * 1024
 _TAKE_OVER: Any = object()
 #: The read role's holder while the background reader task holds it.
 _BACKGROUND: Any = object()
+
+
+def _why_unusable(exc: BaseException) -> str:
+    """The reason a ref breaks with, for one of ``_serve._STREAM_ENDS``."""
+    if isinstance(exc, trio.EndOfChannel):
+        return "the serving side closed the stream"
+    if isinstance(exc, ProtocolError):
+        return f"protocol error on the stream: {exc}"
+    return f"the stream broke: {exc!r}"
 
 
 class _Waiter:
@@ -158,8 +167,7 @@ class RemoteActorRef(ActorRef):
         if self._broken is not None or self._closing:
             await trio.lowlevel.checkpoint()
             raise self._refuse()
-        if (self._queued == 0 and len(data) <= _DIRECT_SEND_LIMIT
-                and not self._send_lock.locked()):
+        if self._may_write_now(data):
             # Nothing is queued ahead of us, so we may write ourselves.
             # Cancellable only until something is written.
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -189,6 +197,12 @@ class RemoteActorRef(ActorRef):
             self._queued -= 1
             raise
         return True
+
+    def _may_write_now(self, data: bytes) -> bool:
+        """Whether the caller may write ``data`` itself: nothing is queued or
+        being written ahead of it, and it is small enough to write shielded."""
+        return (self._queued == 0 and len(data) <= _DIRECT_SEND_LIMIT
+                and not self._send_lock.locked())
 
     async def _stream_broke(self, exc: BaseException) -> None:
         """Break the ref after a failed send, and close the stream: an asker
@@ -247,7 +261,7 @@ class RemoteActorRef(ActorRef):
             raise self._refuse()
         ask_id = self._next_id
         data = self._request(ask_id, "ask", msg)
-        if self._queued or len(data) > _DIRECT_SEND_LIMIT or self._send_lock.locked():
+        if not self._may_write_now(data):
             return None
         waiter = _Waiter(on_reply)
         self._pending[ask_id] = waiter
@@ -364,12 +378,9 @@ class RemoteActorRef(ActorRef):
             return
         except trio.WouldBlock:
             return
-        except trio.EndOfChannel:
-            self._trouble = ("the serving side closed the stream", None)
-        except ProtocolError as exc:
-            self._trouble = (f"protocol error on the stream: {exc}", exc)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._trouble = (f"the stream broke: {exc!r}", None)
+        except _STREAM_ENDS as exc:
+            self._trouble = (_why_unusable(exc),
+                             exc if isinstance(exc, ProtocolError) else None)
         except Exception as exc:  # never into the transport's receive processing
             log.exception("delivering a reply from %s failed", self.name)
             self._trouble = (f"delivering a reply failed: {exc!r}", None)
@@ -413,17 +424,12 @@ class RemoteActorRef(ActorRef):
         receive = self._stream.receive_message
         try:
             while (waiter is None or waiter.result is None) and self._broken is None:
-                try:
-                    raw = await receive()
-                except trio.EndOfChannel:
-                    return "the serving side closed the stream"
-                self._deliver(raw)
-        except ProtocolError as exc:
-            with trio.CancelScope(shield=True):
-                await close_quietly(self._stream)
-            return f"protocol error on the stream: {exc}"
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            return f"the stream broke: {exc!r}"
+                self._deliver(await receive())
+        except _STREAM_ENDS as exc:
+            if isinstance(exc, ProtocolError):
+                with trio.CancelScope(shield=True):
+                    await close_quietly(self._stream)
+            return _why_unusable(exc)
         return None
 
     def _deliver(self, raw: bytes) -> None:

@@ -58,7 +58,8 @@ _COOLDOWN = 16
 _COOLDOWN_MAX = 256
 _COOLDOWN_RESET = 64
 
-#: What the actor may meet on the stream and hands back to the reader task.
+#: What ends a stream for reading: the actor here hands the stream back to the
+#: reader task when it meets one; a ref (``_remote.py``) breaks on one.
 _STREAM_ENDS = (trio.EndOfChannel, ProtocolError, trio.BrokenResourceError,
                 trio.ClosedResourceError)
 
