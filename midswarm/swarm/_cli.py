@@ -44,7 +44,7 @@ def _parse_address(text: str) -> tuple[str, int]:
 
 def _parse_cpus(text: str) -> set[int]:
     parts = [part.strip() for part in text.split(",")]
-    if not parts or not all(part.isdigit() for part in parts):
+    if not all(part.isdigit() for part in parts):
         raise argparse.ArgumentTypeError(f"expected CPU ids like 0,2, got {text!r}")
     return {int(part) for part in parts}
 
