@@ -135,6 +135,22 @@ async def quic_pair(handler: Handler, certs: Path, config: QuicConfig | None = N
             yield listener, conn
 
 
+async def resume_with_early_data(port: int, certs: Path, store: SessionTicketStore,
+                                 data: bytes = b"early bird") -> None:
+    """A resumed connection's first request in 0-RTT, echoed back by the server
+    (an echo handler); checks that it resumed and the server took the early data."""
+    async with connect_quic("127.0.0.1", port, tls=client_tls(certs),
+                            session_tickets=store, wait_connected=False) as conn:
+        assert not conn.handshake_complete
+        stream = await conn.open_stream()
+        await stream.send_all(data)
+        await stream.send_eof()
+        assert await read_to_eof(stream) == data
+        await conn.wait_handshake()
+        assert conn.session_resumed
+        assert conn.early_data_accepted
+
+
 # --- reasoning stores ------------------------------------------------------------------
 
 #: Where :class:`Clock` starts: a fixed "now" in seconds since the epoch.

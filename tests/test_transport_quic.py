@@ -17,6 +17,7 @@ from _helpers import (
     quic_pair,
     quic_server,
     read_to_eof,
+    resume_with_early_data,
 )
 
 from midswarm.transport import (
@@ -119,19 +120,6 @@ async def _earn_ticket(port: int, certs: Path, store: SessionTicketStore) -> Non
     assert len(store) == 1
 
 
-async def _resume_with_early_data(port: int, certs: Path, store: SessionTicketStore) -> None:
-    async with connect_quic("127.0.0.1", port, tls=client_tls(certs),
-                            session_tickets=store, wait_connected=False) as conn:
-        assert not conn.handshake_complete
-        stream = await conn.open_stream()
-        await stream.send_all(b"early bird")
-        await stream.send_eof()
-        assert await read_to_eof(stream) == b"early bird"
-        await conn.wait_handshake()
-        assert conn.session_resumed
-        assert conn.early_data_accepted
-
-
 async def test_zero_rtt_resumption(certs: Path) -> None:
     server_side: list[tuple[bool, bool]] = []
 
@@ -143,7 +131,7 @@ async def test_zero_rtt_resumption(certs: Path) -> None:
     with trio.fail_after(20):
         async with quic_server(handler, certs) as listener:
             await _earn_ticket(listener.port, certs, store)
-            await _resume_with_early_data(listener.port, certs, store)
+            await resume_with_early_data(listener.port, certs, store)
     assert server_side == [(False, False), (True, True)]
 
 
@@ -156,7 +144,7 @@ async def test_session_tickets_file_store_across_instances(certs: Path, tmp_path
             assert path.stat().st_mode & 0o777 == 0o600
             second = SessionTicketStore(path)
             assert len(second) == 1
-            await _resume_with_early_data(listener.port, certs, second)
+            await resume_with_early_data(listener.port, certs, second)
 
 
 async def test_corrupt_ticket_file_means_full_handshake(certs: Path, tmp_path: Path) -> None:
@@ -178,7 +166,7 @@ async def test_session_ticket_is_single_use(certs: Path) -> None:
             await _earn_ticket(listener.port, certs, store)
             ticket = store.get("localhost")
             assert ticket is not None
-            await _resume_with_early_data(listener.port, certs, store)
+            await resume_with_early_data(listener.port, certs, store)
             replay = SessionTicketStore()
             replay.add(ticket)
             async with connect_quic("127.0.0.1", listener.port, tls=client_tls(certs),

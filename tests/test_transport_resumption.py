@@ -18,7 +18,14 @@ import msgpack
 import pytest
 import trio
 import trio.testing
-from _helpers import client_tls, echo_handler, echo_roundtrip, quic_server, read_to_eof
+from _helpers import (
+    client_tls,
+    echo_handler,
+    echo_roundtrip,
+    quic_server,
+    read_to_eof,
+    resume_with_early_data,
+)
 from aioquic.tls import CipherSuite, ClientHello, Group
 
 from midswarm.transport import ConnectionClosed, SessionTicketStore, connect_quic
@@ -50,19 +57,6 @@ async def earn_ticket(port: int, certs: Path, store: SessionTicketStore) -> None
     assert store.get("localhost") is not None
 
 
-async def resume_early(port: int, certs: Path, store: SessionTicketStore) -> None:
-    """A 0-RTT request on a resumed connection; checks that the server took it."""
-    async with connect_quic("127.0.0.1", port, tls=client_tls(certs),
-                            session_tickets=store, wait_connected=False) as conn:
-        stream = await conn.open_stream()
-        await stream.send_all(b"early")
-        await stream.send_eof()
-        assert await read_to_eof(stream) == b"early"
-        await conn.wait_handshake()
-        assert conn.session_resumed
-        assert conn.early_data_accepted
-
-
 async def test_resumed_client_offers_the_servers_group_and_suite_alone(
         certs: Path, hellos: list[ClientHello]) -> None:
     store = SessionTicketStore()
@@ -73,7 +67,7 @@ async def test_resumed_client_offers_the_servers_group_and_suite_alone(
             ticket = store.get("localhost")
             assert ticket is not None
             for _ in range(2):
-                await resume_early(listener.port, certs, store)
+                await resume_with_early_data(listener.port, certs, store, b"early")
     full, *resumed = hellos
     assert offered_groups(full) == [Group.SECP256R1, Group.X25519]
     assert len(full.cipher_suites) == 3
@@ -130,7 +124,7 @@ async def test_server_refusing_the_remembered_group_costs_one_connection(
                 assert await echo_roundtrip(conn, b"again") == b"again"
             assert offered_groups(hellos[-1]) == [Group.SECP256R1, Group.X25519]
             assert store.key_share_group("localhost") == Group.SECP256R1
-            await resume_early(listener.port, certs, store)
+            await resume_with_early_data(listener.port, certs, store, b"early")
     assert offered_groups(hellos[-1]) == [Group.SECP256R1]
 
 
@@ -144,7 +138,7 @@ async def test_the_group_remembered_is_the_one_the_server_chose(
             await earn_ticket(listener.port, certs, store)
             assert offered_groups(hellos[-1]) == [Group.SECP256R1, Group.X25519]
             assert store.key_share_group("localhost") == Group.X25519
-            await resume_early(listener.port, certs, store)
+            await resume_with_early_data(listener.port, certs, store, b"early")
     assert offered_groups(hellos[-1]) == [Group.X25519]
 
 
@@ -157,7 +151,7 @@ async def test_resumption_without_a_known_group_offers_every_group(
         async with quic_server(echo_handler, certs) as listener:
             await earn_ticket(listener.port, certs, store)
             store.note_key_share_group("localhost", None)
-            await resume_early(listener.port, certs, store)
+            await resume_with_early_data(listener.port, certs, store, b"early")
             assert offered_groups(hellos[-1]) == [Group.SECP256R1, Group.X25519]
             assert store.key_share_group("localhost") == Group.SECP256R1
 
@@ -170,7 +164,7 @@ async def test_ticket_file_keeps_the_group(certs: Path, tmp_path: Path,
             await earn_ticket(listener.port, certs, SessionTicketStore(path))
             second = SessionTicketStore(path)
             assert second.key_share_group("localhost") == Group.SECP256R1
-            await resume_early(listener.port, certs, second)
+            await resume_with_early_data(listener.port, certs, second, b"early")
     assert offered_groups(hellos[-1]) == [Group.SECP256R1]
 
 
@@ -341,6 +335,6 @@ async def test_server_sends_its_flight_before_reading_early_data(
             await earn_ticket(listener.port, certs, store)
             order.clear()
             counted.clear()
-            await resume_early(listener.port, certs, store)
+            await resume_with_early_data(listener.port, certs, store, b"early")
     assert order[:2] == ["send", "data"], order
     assert len(counted) == 1 and counted[0][0] == counted[0][1], counted
