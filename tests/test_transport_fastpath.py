@@ -113,6 +113,9 @@ def test_general_packets_are_read_by_the_fast_path(
     assert sent is not None
     in_flight = server._loss.bytes_in_flight
     assert fast_receive_datagram(server, sent[0][0], ADDR, 1.02)
+    # The packet brought data, so its ACK waits until the reader had its turn.
+    assert server.ms_deferred and server._loss.bytes_in_flight == in_flight
+    server.ms_apply_acks()
     assert server._loss.bytes_in_flight < in_flight
 
 
@@ -266,12 +269,14 @@ def test_fast_ack_handling_matches_aioquics(certs: Path, monkeypatch: pytest.Mon
                 server.send_stream_data(sid, b"reply %d" % i)
                 server._spaces[tls.Epoch.ONE_RTT].ack_at = now
             _exchange(server, client, now + 0.0002)
+            for m in (client, server):
+                m.ms_apply_acks()  # as the driver does once woken readers ran
             states.append(_recovery_state(client, windows[0])
                           + _recovery_state(server, windows[1]))
         return states
 
     fast = run()
-    monkeypatch.setattr(_machine, "fast_ack", lambda *args: False)
+    monkeypatch.setattr(_machine, "parse_ack", lambda *args: None)
     general = run()
     assert len(fast) == len(general)
     for i, (a, b) in enumerate(zip(fast, general, strict=True)):

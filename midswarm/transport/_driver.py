@@ -106,6 +106,8 @@ class ConnectionDriver:
         self._process_events()
         machine = self._machine
         space = machine.ms_space
+        if self._send_waiters and machine.ms_deferred:
+            machine.ms_apply_acks()  # writers wait for the room these ACKs free
         if in_handshake and self.is_client:  # running, or completed just now
             # The client's handshake packets go out after the tasks this woke
             # had their turn: a resumed client's early reply reaches its reader
@@ -195,7 +197,20 @@ class ConnectionDriver:
         if space is not None and space.ack_at is not None and (
                 with_ack or machine.ms_unacked >= 2):
             space.ack_at = now
-        datagrams = machine.datagrams_to_send(now)
+        self._transmit(now)
+        if machine.ms_deferred:
+            # ACKs held back by the receive path (see Machine.ms_deferred):
+            # handled after our send, off the reply's path.  Should they
+            # declare a loss or open the window, what that frees goes now.
+            machine.ms_apply_acks()
+            if machine.ms_active or machine._ms_rescan:
+                self._transmit(now)
+        if space is not None and space.ack_at is None:
+            machine.ms_unacked = 0
+        self._rearm()
+
+    def _transmit(self, now: float) -> None:
+        datagrams = self._machine.datagrams_to_send(now)
         if datagrams:
             endpoint = self._endpoint
             endpoint.send_datagrams(datagrams)
@@ -203,9 +218,6 @@ class ConnectionDriver:
             if endpoint.oversized:
                 endpoint.oversized = False
                 self._shrink_datagrams()
-        if space is not None and space.ack_at is None:
-            machine.ms_unacked = 0
-        self._rearm()
 
     def _rearm(self) -> None:
         """Wake writers that acknowledgements made room for, deliver events,

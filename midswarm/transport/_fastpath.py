@@ -46,8 +46,18 @@ logging on                 qlog
 Frames inside a received packet are dispatched to aioquic's frame handlers,
 so every frame type is handled exactly as aioquic handles it; the one
 exception is an ACK of a single range in the 1-RTT space, which
-:func:`fast_ack` handles with the same steps in the same order (``Machine``
-routes aioquic's ACK handler through it, on either path).
+:func:`parse_ack` reads and :func:`apply_ack` handles with the same steps in
+the same order (``Machine`` routes aioquic's ACK handler through them, on
+either path).
+
+Held-back ACKs.  When a packet read here brings a reader news (any event),
+its ACK is not handled at once but kept in ``Machine.ms_deferred``: the
+reader's reply is the latency, the ACK is bookkeeping (packets acknowledged,
+congestion window, RTT sample, loss detection: a few microseconds, on a cold
+cache more) that can wait until the reply left.  The driver handles them
+right after its next send; ``Machine`` handles them before any of aioquic's
+general code runs or reads the timer, and the stream send paths before they
+find no room.  The RTT sample uses the time the packet arrived.
 """
 
 from __future__ import annotations
@@ -69,7 +79,8 @@ from aioquic.quic.recovery import MAX_ACK_RANGES
 if TYPE_CHECKING:
     from ._machine import Machine
 
-__all__ = ["control_clear", "fast_ack", "fast_datagrams_to_send", "fast_receive_datagram"]
+__all__ = ["apply_ack", "control_clear", "fast_datagrams_to_send", "fast_receive_datagram",
+           "parse_ack"]
 
 _CONNECTED = QuicConnectionState.CONNECTED
 _ONE_RTT = tls.Epoch.ONE_RTT
@@ -281,12 +292,19 @@ def fast_receive_datagram(m: Machine, data: bytes, addr: Any, now: float) -> boo
     context = QuicReceiveContext(epoch=_ONE_RTT, host_cid=cid, network_path=path,
                                  quic_logger_frames=None, time=now, version=None)
     eliciting = False
+    events = m._events
+    waiting = len(events)
+    m.ms_deferring = True
     try:
         eliciting, _probing = m._payload_received(context, payload)
     except QuicConnectionError as exc:
         m._logger.warning(exc)
         m.close(error_code=exc.error_code, frame_type=exc.frame_type,
                 reason_phrase=exc.reason_phrase)
+    finally:
+        m.ms_deferring = False
+    if m.ms_deferred and len(events) == waiting:
+        m.ms_apply_acks()  # the packet brought nobody news: no one to go first
     if m._state is not _CONNECTED or m._close_pending:
         return True
     m._close_at = now + m._idle_timeout()
@@ -305,10 +323,32 @@ def fast_receive_datagram(m: Machine, data: bytes, addr: Any, now: float) -> boo
 
 
 
-def fast_ack(m: Machine, context: Any, frame_type: int, buf: Buffer) -> bool:
-    """Handle an ACK frame of one range in the 1-RTT space as aioquic's
-    ``_handle_ack_frame`` and ``QuicPacketRecovery.on_ack_received`` would;
-    ``False`` (with ``buf`` untouched) to decline.
+def parse_ack(m: Machine, context: Any, frame_type: int,
+              buf: Buffer) -> tuple[int, int, int, float] | None:
+    """An ACK frame of one range in the 1-RTT space, read from ``buf``:
+    ``(largest, encoded delay, smallest, receive time)``; ``None`` (with
+    ``buf`` untouched) for any other ACK, which aioquic's handler then reads."""
+    if (frame_type != _ACK or context.epoch is not _ONE_RTT
+            or m._quic_logger is not None or not m._handshake_confirmed):
+        return None
+    start = buf.tell()
+    largest = buf.pull_uint_var()
+    delay_encoded = buf.pull_uint_var()
+    if buf.pull_uint_var() != 0:  # more ranges follow
+        buf.seek(start)
+        return None
+    first_range = buf.pull_uint_var()
+    if first_range > largest:  # malformed: aioquic reports the error
+        buf.seek(start)
+        return None
+    return largest, delay_encoded, largest - first_range, context.time
+
+
+def apply_ack(m: Machine, largest: int, delay_encoded: int, smallest: int,
+              now: float) -> None:
+    """Handle an ACK of one range in the 1-RTT space, received at ``now``, as
+    aioquic's ``_handle_ack_frame`` and ``QuicPacketRecovery.on_ack_received``
+    would.
 
     The same steps in the same order — packets acknowledged oldest first, each
     one's congestion accounting and delivery handlers, the RTT sample, loss
@@ -316,24 +356,9 @@ def fast_ack(m: Machine, context: Any, frame_type: int, buf: Buffer) -> bool:
     skipping loss detection when no packet older than the acknowledged one is
     left in flight (aioquic's scan would find nothing and record no loss time).
     """
-    if (frame_type != _ACK or context.epoch is not _ONE_RTT
-            or m._quic_logger is not None or not m._handshake_confirmed):
-        return False
-    start = buf.tell()
-    largest = buf.pull_uint_var()
-    delay_encoded = buf.pull_uint_var()
-    if buf.pull_uint_var() != 0:  # more ranges follow
-        buf.seek(start)
-        return False
-    first_range = buf.pull_uint_var()
-    if first_range > largest:  # malformed: aioquic reports the error
-        buf.seek(start)
-        return False
-    smallest = largest - first_range
     loss = m._loss
     loss.peer_completed_address_validation = True
     space = m.ms_space
-    now = context.time
     if largest > space.largest_acked_packet:
         space.largest_acked_packet = largest
 
@@ -352,7 +377,7 @@ def fast_ack(m: Machine, context: Any, frame_type: int, buf: Buffer) -> bool:
         for handler, args in packet.delivery_handlers:
             handler(_ACKED, *args)
     if newest is None:
-        return True
+        return
 
     if newest.packet_number == largest and eliciting:
         ack_delay = min((delay_encoded << m._remote_ack_delay_exponent) / 1000000,
@@ -382,4 +407,3 @@ def fast_ack(m: Machine, context: Any, frame_type: int, buf: Buffer) -> bool:
     else:
         loss._detect_loss(now=now, space=space)
     loss._pto_count = 0
-    return True

@@ -24,7 +24,13 @@ from aioquic.tls import State as TlsState
 
 from . import _tlsblocks
 from ._config import QuicConfig
-from ._fastpath import control_clear, fast_ack, fast_datagrams_to_send, fast_receive_datagram
+from ._fastpath import (
+    apply_ack,
+    control_clear,
+    fast_datagrams_to_send,
+    fast_receive_datagram,
+    parse_ack,
+)
 
 __all__ = ["Machine"]
 
@@ -52,6 +58,11 @@ _ACTIVE_CONNECTION_IDS = 2
 #: (aioquic's 25 ms), which the peer's loss timer allows for; two unacknowledged
 #: packets are still acknowledged at once (see ConnectionDriver._process_received).
 _ACK_DELAY = 0.010
+
+#: ACK frames the fast receive path holds back at most (see ms_deferred);
+#: a peer that keeps sending while we never do gets its ACKs handled in
+#: batches of this many.
+_DEFERRED_ACKS = 8
 
 #: Key-share groups a client offers, in order of preference.
 _CLIENT_GROUPS = (Group.SECP256R1, Group.X25519)
@@ -126,6 +137,14 @@ class Machine(_AioQuicConnection):
         #: those count: counting ACK-only packets would make two peers answer
         #: each other's ACKs with ACKs.
         self.ms_unacked = 0
+        #: ACK frames (single-range, 1-RTT, see _fastpath.parse_ack) that came
+        #: in packets with news for a reader, held back so that the reader's
+        #: reply does not wait for them: they are handled right after our next
+        #: send, before aioquic's general code runs or reads the timer, and
+        #: when a writer needs the room they free.  While ``ms_deferring``
+        #: (inside the fast receive path) ACK frames are held, not handled.
+        self.ms_deferred: list[tuple[int, int, int, float]] = []
+        self.ms_deferring = False
         self._ms_rescan = False
         self._ms_lost_packets = self._loss._on_packets_lost
         self._loss._on_packets_lost = self._ms_on_packets_lost  # type: ignore[method-assign]
@@ -242,12 +261,9 @@ class Machine(_AioQuicConnection):
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         datagrams = fast_datagrams_to_send(self, now)
         if datagrams is None:
+            self.ms_apply_acks()
             return super().datagrams_to_send(now)
         return datagrams
-
-    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
-        if not fast_receive_datagram(self, data, addr, now):
-            super().receive_datagram(data, addr, now)
 
     def _payload_received(self, context: Any, plain: bytes,
                           crypto_frame_required: bool = False) -> tuple[bool, bool]:
@@ -373,8 +389,41 @@ class Machine(_AioQuicConnection):
         return None if share is None else int(share[0])
 
     def _handle_ack_frame(self, context: Any, frame_type: int, buf: Any) -> None:
-        if not fast_ack(self, context, frame_type, buf):
+        ack = parse_ack(self, context, frame_type, buf)
+        if ack is None:
+            self.ms_apply_acks()  # in order
             super()._handle_ack_frame(context, frame_type, buf)
+        elif self.ms_deferring:
+            if len(self.ms_deferred) >= _DEFERRED_ACKS:
+                self.ms_apply_acks()
+            self.ms_deferred.append(ack)
+        else:
+            self.ms_apply_acks()
+            apply_ack(self, *ack)
+
+    def ms_apply_acks(self) -> None:
+        """Handle the ACK frames held back by the fast receive path, in order."""
+        deferred = self.ms_deferred
+        while deferred:
+            apply_ack(self, *deferred.pop(0))
+
+    def ms_settled_unacked(self, stream_id: int) -> int:
+        """:meth:`unacked_bytes` once the held-back ACKs are handled."""
+        self.ms_apply_acks()
+        return self.unacked_bytes(stream_id)
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        if not fast_receive_datagram(self, data, addr, now):
+            self.ms_apply_acks()
+            super().receive_datagram(data, addr, now)
+
+    def get_timer(self) -> float | None:
+        self.ms_apply_acks()
+        return super().get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.ms_apply_acks()
+        super().handle_timer(now)
 
     def _handle_padding_frame(self, context: Any, frame_type: int, buf: Any) -> None:
         # aioquic steps through padding a byte at a time in Python: ~40 us for

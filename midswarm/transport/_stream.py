@@ -109,9 +109,10 @@ class QuicStream(trio.abc.HalfCloseableStream):
         if broken is not None:
             raise broken
         conn = self._conn
-        if (self._send_conflict
-                or conn._machine.unacked_bytes(self.stream_id) + len(data)
-                > conn.config.stream_send_watermark):
+        machine = conn._machine
+        limit = conn.config.stream_send_watermark - len(data)
+        if (self._send_conflict or (machine.unacked_bytes(self.stream_id) > limit
+                                    and machine.ms_settled_unacked(self.stream_id) > limit)):
             return False
         conn._machine.send_stream_data(self.stream_id, bytes(data))
         conn._transmit_soon()
@@ -125,7 +126,9 @@ class QuicStream(trio.abc.HalfCloseableStream):
             broken = self._send_broken()
             if broken is not None:
                 raise broken
-            if conn._machine.unacked_bytes(self.stream_id) < watermark:
+            machine = conn._machine
+            if (machine.unacked_bytes(self.stream_id) < watermark
+                    or machine.ms_settled_unacked(self.stream_id) < watermark):
                 return
             conn._send_waiters.add(self)
             try:
