@@ -210,10 +210,14 @@ class ConnectionDriver:
         self._rearm()
 
     def _transmit(self, now: float) -> None:
-        datagrams = self._machine.datagrams_to_send(now)
+        machine = self._machine
+        datagrams = machine.datagrams_to_send(now)
         if datagrams:
             endpoint = self._endpoint
             endpoint.send_datagrams(datagrams)
+            # The fast path's packet is recorded once it is on its way: loss
+            # recovery's bookkeeping need not delay the syscall.
+            machine.ms_record()
             self._last_send = now
             if endpoint.oversized:
                 endpoint.oversized = False

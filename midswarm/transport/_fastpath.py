@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     from ._machine import Machine
 
 __all__ = ["apply_ack", "control_clear", "fast_datagrams_to_send", "fast_receive_datagram",
-           "parse_ack"]
+           "parse_ack", "record_sent"]
 
 _CONNECTED = QuicConnectionState.CONNECTED
 _ONE_RTT = tls.Epoch.ONE_RTT
@@ -240,19 +240,27 @@ def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | 
     header = bytes((first,)) + peer_cid + (pn & 0xFFFF).to_bytes(2, "big")
     datagram = crypto.encrypt_packet(header, buf.data, pn)
     m._packet_number = pn + 1
+    m.ms_unrecorded = (pn, in_flight, eliciting, now, len(datagram), handlers, sent_streams)
+    return [(datagram, path.addr)]
+
+
+def record_sent(m: Machine, pn: int, in_flight: bool, eliciting: bool, now: float,
+                size: int, handlers: list[tuple[Any, Any]], streams: list[Any]) -> None:
+    """The bookkeeping of a packet :func:`fast_datagrams_to_send` built, as
+    aioquic records a packet it sends: loss recovery, pacing, the idle timer."""
+    loss = m._loss
     packet = QuicSentPacket(
         epoch=_ONE_RTT, in_flight=in_flight, is_ack_eliciting=eliciting,
         is_crypto_packet=False, packet_number=pn, packet_type=_ONE_RTT_PACKET,
-        sent_time=now, sent_bytes=len(datagram), delivery_handlers=handlers)
-    loss.on_packet_sent(packet=packet, space=space)
+        sent_time=now, sent_bytes=size, delivery_handlers=handlers)
+    loss.on_packet_sent(packet=packet, space=m.ms_space)
     loss._pacer.update_after_send(now=now)
     if eliciting:
         if not m._ack_eliciting_sent_since_receipt:
             m._close_at = now + m._idle_timeout()
             m._ack_eliciting_sent_since_receipt = True
-    path.bytes_sent += len(datagram)
-    m.ms_after_send(sent_streams)
-    return [(datagram, path.addr)]
+    m._network_paths[0].bytes_sent += size
+    m.ms_after_send(streams)
 
 
 def fast_receive_datagram(m: Machine, data: bytes, addr: Any, now: float) -> bool:

@@ -30,6 +30,7 @@ from ._fastpath import (
     fast_datagrams_to_send,
     fast_receive_datagram,
     parse_ack,
+    record_sent,
 )
 
 __all__ = ["Machine"]
@@ -144,6 +145,10 @@ class Machine(_AioQuicConnection):
         #: when a writer needs the room they free.  While ``ms_deferring``
         #: (inside the fast receive path) ACK frames are held, not handled.
         self.ms_deferred: list[tuple[int, int, int, float]] = []
+        #: The last packet the fast path built, recorded (fastpath.record_sent)
+        #: once it was handed to the socket -- before anything else touches
+        #: this machine (every entry point below records it first).
+        self.ms_unrecorded: tuple[Any, ...] | None = None
         self.ms_deferring = False
         self._ms_rescan = False
         self._ms_lost_packets = self._loss._on_packets_lost
@@ -166,14 +171,18 @@ class Machine(_AioQuicConnection):
             self.ms_active[stream_id] = stream
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        if self.ms_unrecorded is not None:
+            self.ms_record()
         super().send_stream_data(stream_id, data, end_stream)
         self._ms_mark(stream_id)
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
+        self.ms_record()
         super().reset_stream(stream_id, error_code)
         self._ms_mark(stream_id)
 
     def stop_stream(self, stream_id: int, error_code: int) -> None:
+        self.ms_record()
         super().stop_stream(stream_id, error_code)
         self._ms_mark(stream_id)
 
@@ -226,6 +235,8 @@ class Machine(_AioQuicConnection):
         Handshake spaces discarded and the path validated leave the idle timer,
         the ACK delay, loss detection of 1-RTT packets and pacing — the same
         arithmetic as aioquic's, without visiting what no longer exists."""
+        if self.ms_unrecorded is not None:
+            self.ms_record()
         spaces = self._spaces
         path = self._network_paths[0] if self._network_paths else None
         if (not self.ms_steady() or path is None or not path.is_validated
@@ -259,6 +270,8 @@ class Machine(_AioQuicConnection):
         return not self.ms_active and control_clear(self)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        if self.ms_unrecorded is not None:
+            self.ms_record()
         datagrams = fast_datagrams_to_send(self, now)
         if datagrams is None:
             self.ms_apply_acks()
@@ -401,8 +414,16 @@ class Machine(_AioQuicConnection):
             self.ms_apply_acks()
             apply_ack(self, *ack)
 
+    def ms_record(self) -> None:
+        """Record the packet the fast path built last (see ``ms_unrecorded``)."""
+        unrecorded, self.ms_unrecorded = self.ms_unrecorded, None
+        if unrecorded is not None:
+            record_sent(self, *unrecorded)
+
     def ms_apply_acks(self) -> None:
         """Handle the ACK frames held back by the fast receive path, in order."""
+        if self.ms_unrecorded is not None:
+            self.ms_record()
         deferred = self.ms_deferred
         while deferred:
             apply_ack(self, *deferred.pop(0))
@@ -413,6 +434,8 @@ class Machine(_AioQuicConnection):
         return self.unacked_bytes(stream_id)
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        if self.ms_unrecorded is not None:
+            self.ms_record()
         if not fast_receive_datagram(self, data, addr, now):
             self.ms_apply_acks()
             super().receive_datagram(data, addr, now)
