@@ -203,7 +203,7 @@ async def test_sharded_search_adaptation_and_refused_hellos(tmp_path: Path) -> N
         for hello, reason in [
                 (AgentHello(matchers[0], ["pattern_matcher"]), "does not match the identity"),
                 (AgentHello("spoof", ["pattern_matcher"], version=PROTOCOL_VERSION + 998),
-                 "protocol version 999 is not supported")]:
+                 f"protocol version {PROTOCOL_VERSION + 998} is not supported")]:
             assert coord.port is not None
             async with connect_quic("127.0.0.1", coord.port, tls=tls) as conn:
                 control = MessageStream(await conn.open_stream())

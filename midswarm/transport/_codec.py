@@ -38,7 +38,8 @@ __all__ = [
 ]
 
 #: Version carried by every envelope.  A peer speaking another version is refused.
-PROTOCOL_VERSION = 1
+#: 2: a PatternMatchResult's matches travel as columns.
+PROTOCOL_VERSION = 2
 
 _ND_EXT = 1
 # Object, void and the like cannot be rebuilt safely from bytes.
