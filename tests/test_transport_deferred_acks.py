@@ -11,6 +11,7 @@ import trio
 from _helpers import quic_pair
 from aioquic.quic import events
 from test_transport_fastpath import ADDR, connected_pair
+from test_transport_lossy import through_relay
 
 from midswarm.transport import QuicConfig, QuicConnection
 from midswarm.transport._machine import _DEFERRED_ACKS, Machine
@@ -78,10 +79,7 @@ def test_held_acks_are_handled_before_aioquics_own_code_runs(
 
     _request_reply(client, server, 1.2)
     assert client.ms_deferred
-    sid = 8  # the third stream
-    # Unacknowledged bytes as a writer waiting for room sees them.
-    assert client.unacked_bytes(sid) > 0
-    assert client.ms_settled_unacked(sid) == 0
+    client.handle_timer(1.25)
     assert client.ms_deferred == []
 
 
@@ -139,3 +137,32 @@ async def test_writers_waiting_for_room_get_it_from_acks_in_data_packets(
                 await stream.send_all(request)
                 assert await stream.receive_some() == b"ok"
     assert timer_settled[0] == 0
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+async def test_watermark_bound_exchanges_survive_loss(certs: Path, seed: int) -> None:
+    """The same exchange through a relay that drops one datagram in ten, with
+    no keep-alive: held-back ACKs that reveal a loss (settled by a writer
+    short of room, or after a send) lead to its repair, and every exchange
+    completes well within the idle timeout."""
+    config = QuicConfig(stream_send_watermark=4096, stream_receive_window=256 * 1024,
+                        max_datagram_size=8192, keep_alive_interval=None, idle_timeout=5.0)
+    request = b"q" * 4096
+
+    async def handler(conn: QuicConnection) -> None:
+        stream = await conn.accept_stream()
+        pending = 0
+        while data := await stream.receive_some():
+            pending += len(data)
+            while pending >= len(request):
+                pending -= len(request)
+                await stream.send_all(b"ok")
+
+    with trio.fail_after(60):
+        async with through_relay(certs, handler, config, seed, drop=0.1, duplicate=0.0,
+                                 reorder=0.0) as (_, relay, conn):
+            stream = await conn.open_stream()
+            for _ in range(60):
+                await stream.send_all(request)
+                assert await stream.receive_some() == b"ok"
+    assert relay.dropped > 0

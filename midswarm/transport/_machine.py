@@ -428,10 +428,6 @@ class Machine(_AioQuicConnection):
         while deferred:
             apply_ack(self, *deferred.pop(0))
 
-    def ms_settled_unacked(self, stream_id: int) -> int:
-        """:meth:`unacked_bytes` once the held-back ACKs are handled."""
-        self.ms_apply_acks()
-        return self.unacked_bytes(stream_id)
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         if self.ms_unrecorded is not None:

@@ -80,7 +80,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
             view = memoryview(data).cast("B")
             pos, total = 0, len(view)
             while True:
-                await self._wait_send_capacity(watermark)
+                await self._wait_send_capacity()
                 # Chunks of at most one watermark keep memory bounded even for a
                 # single huge write.
                 chunk = view[pos:pos + watermark]
@@ -109,16 +109,28 @@ class QuicStream(trio.abc.HalfCloseableStream):
         if broken is not None:
             raise broken
         conn = self._conn
-        machine = conn._machine
-        limit = conn.config.stream_send_watermark - len(data)
-        if (self._send_conflict or (machine.unacked_bytes(self.stream_id) > limit
-                                    and machine.ms_settled_unacked(self.stream_id) > limit)):
+        if self._send_conflict or not self._has_room(len(data)):
             return False
         conn._machine.send_stream_data(self.stream_id, bytes(data))
         conn._transmit_soon()
         return True
 
-    async def _wait_send_capacity(self, watermark: int) -> None:
+    def _has_room(self, size: int) -> bool:
+        """Whether ``size`` more bytes keep this stream's unacknowledged bytes
+        within the send watermark.  Before saying no, the connection handles
+        the ACKs its fast path held back (see ``Machine.ms_deferred``) -- in a
+        pump, so that a loss they reveal is retransmitted at once."""
+        conn = self._conn
+        machine = conn._machine
+        limit = conn.config.stream_send_watermark - size
+        if machine.unacked_bytes(self.stream_id) <= limit:
+            return True
+        if not machine.ms_deferred:
+            return False
+        conn._pump()
+        return bool(machine.unacked_bytes(self.stream_id) <= limit)
+
+    async def _wait_send_capacity(self) -> None:
         conn = self._conn
         while True:
             if self._closed:
@@ -126,9 +138,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
             broken = self._send_broken()
             if broken is not None:
                 raise broken
-            machine = conn._machine
-            if (machine.unacked_bytes(self.stream_id) < watermark
-                    or machine.ms_settled_unacked(self.stream_id) < watermark):
+            if self._has_room(1):
                 return
             conn._send_waiters.add(self)
             try:
@@ -142,7 +152,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         self._send_conflict = True
         try:
             await trio.lowlevel.checkpoint()
-            await self._wait_send_capacity(self._conn.config.stream_send_watermark)
+            await self._wait_send_capacity()
         finally:
             self._send_conflict = False
 
