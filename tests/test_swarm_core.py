@@ -109,6 +109,21 @@ async def test_credit_bounds_tasks_in_flight_per_agent() -> None:
     assert len(done) == 7
 
 
+async def test_a_submit_cancelled_as_it_takes_a_credit_gives_it_back() -> None:
+    """A caller cancelled at the moment its task would take an agent's credit
+    must not keep the credit: one lost credit per cancelled caller starves
+    the agent and holds a drain for its whole timeout."""
+    async with probes(1, credit=1) as swarm:
+        for n in range(3):
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await swarm.submit(task(n))
+            assert swarm.agents["feature_engineer-1"].in_flight == {"feature_engineer": 0}
+        with trio.fail_after(5):
+            result = await swarm.submit(task(7))
+        assert int(result.values[0, 0]) == 14
+
+
 async def test_poison_task_fails_after_one_retry_and_the_swarm_keeps_working() -> None:
     async with probes(2) as swarm:
         with pytest.raises(ActorFailed) as info:

@@ -107,6 +107,23 @@ async def test_sharded_search_equals_unsharded_through_membership_changes(
             await swarm.add_patterns(np.ones((2, 5)), np.ones(2))
 
 
+async def test_a_query_cancelled_as_it_takes_the_credits_gives_them_back() -> None:
+    """The scatter takes a credit on every matcher at once; a caller cancelled
+    right then must leave none of them taken."""
+    vectors, outcomes = library(40)
+    query = PatternMatchTask(window=library(1, seed=4)[0][0])
+    async with open_swarm({"pattern_matcher": 2}, config=CFG) as swarm:
+        await swarm.add_patterns(vectors, outcomes)
+        for _ in range(3):
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await swarm.submit(query)
+            assert [info.in_flight for info in swarm.agents.values()] == \
+                [{"pattern_matcher": 0}] * 2
+        with trio.fail_after(10):
+            assert (await swarm.submit(query)).matches  # the credits still serve
+
+
 async def test_patterns_added_before_any_matcher_are_served_once_one_joins() -> None:
     vectors, outcomes = library(50)
     queries = library(2, seed=3)[0]

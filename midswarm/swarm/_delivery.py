@@ -190,8 +190,11 @@ class Dispatcher:
         while True:
             link = self._choose(agent_type, avoid)
             if link is not None:
-                link.reserve()
+                # Cancellation is checked before the credit is taken (this
+                # never yields otherwise): a credit taken and then abandoned
+                # by a cancelled caller would never be given back.
                 await trio.lowlevel.checkpoint_if_cancelled()
+                link.reserve()
                 return link
             now = trio.current_time()
             if any(link.accepting for link in self._links[agent_type]):
@@ -218,8 +221,8 @@ class Dispatcher:
             if not link.accepting:
                 raise ActorUnreachable(link.name, "the agent is draining")
             await lot.park()
+        await trio.lowlevel.checkpoint_if_cancelled()  # before the credit: see acquire
         link.reserve()
-        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def acquire_all(self, links: list[RemoteActor]) -> bool:
         """Reserve one credit on every link at once (all or none, so two
@@ -234,9 +237,9 @@ class Dispatcher:
                 await trio.lowlevel.checkpoint()
                 return False
             if all(link.in_flight < link.credit for link in links):
+                await trio.lowlevel.checkpoint_if_cancelled()  # before the credits: see acquire
                 for link in links:
                     link.reserve()
-                await trio.lowlevel.checkpoint_if_cancelled()
                 return True
             (agent_type,) = types if len(types) == 1 else (next(iter(types)),)
             await self._lots[agent_type].park()
