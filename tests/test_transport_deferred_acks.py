@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from _helpers import quic_pair
@@ -100,17 +101,36 @@ def test_a_peer_that_never_hears_back_gets_its_acks_handled_in_batches(
         assert len(server.ms_deferred) <= _DEFERRED_ACKS
 
 
+#: One datagram carries a whole request, which fills the send watermark.
+WATERMARK_BOUND = QuicConfig(stream_send_watermark=4096, stream_receive_window=256 * 1024,
+                             max_datagram_size=8192)
+REQUEST = b"q" * 4096
+
+
+async def answer_each_request(conn: QuicConnection) -> None:
+    """Server: answer every whole REQUEST read from the first stream with b"ok"."""
+    stream = await conn.accept_stream()
+    pending = 0
+    while data := await stream.receive_some():
+        pending += len(data)
+        while pending >= len(REQUEST):
+            pending -= len(REQUEST)
+            await stream.send_all(b"ok")
+
+
+async def request_and_wait(conn: QuicConnection, rounds: int) -> None:
+    stream = await conn.open_stream()
+    for _ in range(rounds):
+        await stream.send_all(REQUEST)
+        assert await stream.receive_some() == b"ok"
+
+
 async def test_writers_waiting_for_room_get_it_from_acks_in_data_packets(
         certs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Requests the size of the send watermark, each answered by a short reply:
     a request's ACK rides the reply and is held back, and the next request's
     writer, finding no room, must get it from that ACK at once -- not from
     a timer milliseconds later."""
-    # One datagram carries a whole request, which fills the watermark.
-    config = QuicConfig(stream_send_watermark=4096, stream_receive_window=256 * 1024,
-                        max_datagram_size=8192)
-    request = b"q" * 4096
-    rounds = 20
     timer_settled = [0]
     original = Machine.get_timer
 
@@ -120,22 +140,9 @@ async def test_writers_waiting_for_room_get_it_from_acks_in_data_packets(
         return original(self)
 
     monkeypatch.setattr(Machine, "get_timer", get_timer)
-
-    async def handler(conn: QuicConnection) -> None:
-        stream = await conn.accept_stream()
-        pending = 0
-        while data := await stream.receive_some():
-            pending += len(data)
-            while pending >= len(request):
-                pending -= len(request)
-                await stream.send_all(b"ok")
-
     with trio.fail_after(60):
-        async with quic_pair(handler, certs, config) as (_, conn):
-            stream = await conn.open_stream()
-            for _ in range(rounds):
-                await stream.send_all(request)
-                assert await stream.receive_some() == b"ok"
+        async with quic_pair(answer_each_request, certs, WATERMARK_BOUND) as (_, conn):
+            await request_and_wait(conn, 20)
     assert timer_settled[0] == 0
 
 
@@ -145,24 +152,9 @@ async def test_watermark_bound_exchanges_survive_loss(certs: Path, seed: int) ->
     no keep-alive: held-back ACKs that reveal a loss (settled by a writer
     short of room, or after a send) lead to its repair, and every exchange
     completes well within the idle timeout."""
-    config = QuicConfig(stream_send_watermark=4096, stream_receive_window=256 * 1024,
-                        max_datagram_size=8192, keep_alive_interval=None, idle_timeout=5.0)
-    request = b"q" * 4096
-
-    async def handler(conn: QuicConnection) -> None:
-        stream = await conn.accept_stream()
-        pending = 0
-        while data := await stream.receive_some():
-            pending += len(data)
-            while pending >= len(request):
-                pending -= len(request)
-                await stream.send_all(b"ok")
-
+    config = attrs.evolve(WATERMARK_BOUND, keep_alive_interval=None, idle_timeout=5.0)
     with trio.fail_after(60):
-        async with through_relay(certs, handler, config, seed, drop=0.1, duplicate=0.0,
-                                 reorder=0.0) as (_, relay, conn):
-            stream = await conn.open_stream()
-            for _ in range(60):
-                await stream.send_all(request)
-                assert await stream.receive_some() == b"ok"
+        async with through_relay(certs, answer_each_request, config, seed, drop=0.1,
+                                 duplicate=0.0, reorder=0.0) as (_, relay, conn):
+            await request_and_wait(conn, 60)
     assert relay.dropped > 0
