@@ -428,7 +428,6 @@ class Machine(_AioQuicConnection):
         while deferred:
             apply_ack(self, *deferred.pop(0))
 
-
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         if self.ms_unrecorded is not None:
             self.ms_record()
