@@ -158,3 +158,38 @@ async def test_watermark_bound_exchanges_survive_loss(certs: Path, seed: int) ->
                                  duplicate=0.0, reorder=0.0) as (_, relay, conn):
             await request_and_wait(conn, 60)
     assert relay.dropped > 0
+
+
+def test_a_fast_packet_is_recorded_once_sent_and_before_anything_else(
+        machines: tuple[Machine, Machine]) -> None:
+    """The fast path's packet joins loss recovery after the send (the driver
+    records it right after the syscall); any other entry records it first."""
+    client, server = machines
+    sid = client.get_next_available_stream_id()
+    _send(client, server, sid, b"open", 0.9)  # a new stream's first packet goes the general way
+    _send(server, client, sid, b"", 0.95)  # and is acknowledged
+    client.ms_apply_acks()
+    sent_before = len(client.ms_space.sent_packets)
+    in_flight = client._loss.bytes_in_flight
+
+    def fast_send(data: bytes, now: float) -> list[tuple[bytes, object]]:
+        client.send_stream_data(sid, data)
+        datagrams = client.datagrams_to_send(now)
+        assert client.ms_unrecorded is not None  # built, not yet recorded
+        assert len(client.ms_space.sent_packets) == sent_before
+        return datagrams
+
+    fast_send(b"one", 1.0)
+    client.ms_record()  # what the driver does after the syscall
+    assert client.ms_unrecorded is None
+    assert len(client.ms_space.sent_packets) == sent_before + 1
+    assert client._loss.bytes_in_flight > in_flight
+
+    entries = (lambda: client.get_timer(), lambda: client.send_stream_data(sid, b"more"),
+               lambda: client.receive_datagram(b"\x40" + bytes(40), ADDR, 1.2))
+    for i, entry in enumerate(entries):
+        sent_before = len(client.ms_space.sent_packets)
+        fast_send(b"two", 1.1 + i / 100)
+        entry()
+        assert client.ms_unrecorded is None
+        assert len(client.ms_space.sent_packets) == sent_before + 1
