@@ -128,7 +128,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         if not machine.ms_deferred:
             return False
         conn._pump()
-        return bool(machine.unacked_bytes(self.stream_id) <= limit)
+        return machine.unacked_bytes(self.stream_id) <= limit
 
     async def _wait_send_capacity(self) -> None:
         conn = self._conn
