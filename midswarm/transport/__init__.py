@@ -9,6 +9,7 @@ msgpack bytes and back.
 from ._codec import PROTOCOL_VERSION, converter, decode, encode, message, pack, unpack
 from ._config import MAX_DATAGRAM_SIZE, QuicConfig
 from ._connect import QuicListener, connect_quic, serve_quic
+from ._driver import transmit_together
 from ._errors import ConnectionClosed, ProtocolError
 from ._framing import DEFAULT_MAX_MESSAGE_SIZE, FRAMING_ERROR_CODE, MessageStream
 from ._memory import MemoryConnection, MemoryStream, memory_connection_pair
@@ -53,5 +54,6 @@ __all__ = [
     "pack",
     "serve_quic",
     "serve_streams",
+    "transmit_together",
     "unpack",
 ]

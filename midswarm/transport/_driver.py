@@ -30,7 +30,9 @@ Steady-state packets are built and read by the fast path (``_fastpath.py``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from ._machine import Machine
     from ._stream import QuicStream
 
-__all__ = ["ConnectionDriver"]
+__all__ = ["ConnectionDriver", "transmit_together"]
 
 _NO_ERROR = 0
 
@@ -54,6 +56,50 @@ _INITIAL_WINDOW_PACKETS = 10
 #: packet-type bits.
 _LONG_TYPE_MASK = 0xB0
 _ZERO_RTT_V1 = 0x90
+
+
+class _HeldTransmits:
+    """The connections whose transmission a :func:`transmit_together` block holds."""
+
+    __slots__ = ("task", "open", "connections")
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.open = True
+        self.connections: dict[ConnectionDriver, None] = {}
+
+
+_held: ContextVar[_HeldTransmits | None] = ContextVar("midswarm_held_transmits", default=None)
+
+
+@contextmanager
+def transmit_together() -> Iterator[None]:
+    """Send the datagrams of this block's QUIC writes together, at its end.
+
+    For a task writing to several connections in one go (a query scattered to
+    several agents): the writes' datagrams leave back to back, and the
+    bookkeeping of each send (loss recovery, held-back ACKs, timers) waits
+    until all have left, so the last peer is not kept waiting behind the
+    bookkeeping of the first ones.  Writes of other tasks, and writes that
+    must wait, are not held.  The block must not checkpoint: what it holds
+    is sent only when it ends.  Nested blocks send at the outermost end.
+    """
+    task = trio.lowlevel.current_task()
+    outer = _held.get()
+    if outer is not None and outer.open and outer.task is task:
+        yield
+        return
+    held = _HeldTransmits(task)
+    token = _held.set(held)
+    try:
+        yield
+    finally:
+        held.open = False
+        _held.reset(token)
+        sent = [(conn, conn._pump_send(True)) for conn in held.connections]
+        for conn, now in sent:
+            if now is not None:
+                conn._pump_settle(now)
 
 
 class ConnectionDriver:
@@ -78,6 +124,8 @@ class ConnectionDriver:
     _flush_late: bool
     _dirty: bool
     _first_flight: bool
+    #: Between the halves of a pump: a datagram left, its record is pending.
+    _sent: bool
     _on_ready: Callable[[Any], None] | None
 
     # --- what the subclass provides ---------------------------------------------------
@@ -167,6 +215,10 @@ class ConnectionDriver:
                 return
             self._dirty = True
             return
+        held = _held.get()
+        if held is not None and held.open and held.task is trio.lowlevel.current_task():
+            held.connections[self] = None
+            return
         self._pump(with_ack=True)
 
     def _flush_soon(self, *, after_readers: bool = False) -> None:
@@ -186,8 +238,16 @@ class ConnectionDriver:
         ``with_ack``: we are sending data; put any pending ACK in it rather than
         in a separate packet later.
         """
+        now = self._pump_send(with_ack)
+        if now is not None:
+            self._pump_settle(now)
+
+    def _pump_send(self, with_ack: bool) -> float | None:
+        """The first half of :meth:`_pump`: events, then the datagrams to the
+        socket.  Returns the time to give :meth:`_pump_settle`, which must
+        follow (``None``: the connection is over, nothing to settle)."""
         if self._terminated:
-            return
+            return None
         machine = self._machine
         self._process_events()
         if self._datagram_size is not None and machine._handshake_confirmed:
@@ -197,7 +257,20 @@ class ConnectionDriver:
         if space is not None and space.ack_at is not None and (
                 with_ack or machine.ms_unacked >= 2):
             space.ack_at = now
-        self._transmit(now)
+        self._sent = self._send(now)
+        return now
+
+    def _pump_settle(self, now: float) -> None:
+        """The second half of :meth:`_pump`: the bookkeeping of what was sent,
+        held-back ACKs, the timer.  Between the halves the connection may
+        wait (see :func:`transmit_together`): every entry to the state
+        machine settles what the first half left."""
+        if self._terminated:
+            return
+        machine = self._machine
+        if self._sent:
+            self._sent = False
+            self._after_send(now)
         if machine.ms_deferred:
             # ACKs held back by the receive path (see Machine.ms_deferred):
             # handled after our send, off the reply's path.  Should they
@@ -205,23 +278,32 @@ class ConnectionDriver:
             machine.ms_apply_acks()
             if machine.ms_active or machine._ms_rescan:
                 self._transmit(now)
+        space = machine.ms_space
         if space is not None and space.ack_at is None:
             machine.ms_unacked = 0
         self._rearm()
 
     def _transmit(self, now: float) -> None:
-        machine = self._machine
-        datagrams = machine.datagrams_to_send(now)
-        if datagrams:
-            endpoint = self._endpoint
-            endpoint.send_datagrams(datagrams)
-            # The fast path's packet is recorded once it is on its way: loss
-            # recovery's bookkeeping need not delay the syscall.
-            machine.ms_record()
-            self._last_send = now
-            if endpoint.oversized:
-                endpoint.oversized = False
-                self._shrink_datagrams()
+        if self._send(now):
+            self._after_send(now)
+
+    def _send(self, now: float) -> bool:
+        """Hand what the state machine has to send to the socket; whether it had any."""
+        datagrams = self._machine.datagrams_to_send(now)
+        if not datagrams:
+            return False
+        self._endpoint.send_datagrams(datagrams)
+        return True
+
+    def _after_send(self, now: float) -> None:
+        # The fast path's packet is recorded once it is on its way: loss
+        # recovery's bookkeeping need not delay the syscall.
+        self._machine.ms_record()
+        self._last_send = now
+        endpoint = self._endpoint
+        if endpoint.oversized:
+            endpoint.oversized = False
+            self._shrink_datagrams()
 
     def _rearm(self) -> None:
         """Wake writers that acknowledgements made room for, deliver events,
