@@ -124,6 +124,34 @@ async def test_a_query_cancelled_as_it_takes_the_credits_gives_them_back() -> No
             assert (await swarm.submit(query)).matches  # the credits still serve
 
 
+async def test_a_scattered_query_is_encoded_once_for_all_matchers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three matchers, one encoding of the query per scatter; each still gets
+    it whole (the merged answer equals the unsharded search's)."""
+    from midswarm.actors import _wire
+
+    encoded: list[PatternMatchTask] = []
+    encode = _wire.encode
+
+    def counting_encode(msg: Any) -> bytes:
+        if isinstance(msg, PatternMatchTask):
+            encoded.append(msg)
+        return encode(msg)
+
+    monkeypatch.setattr(_wire, "encode", counting_encode)
+    vectors, outcomes = library(60)
+    queries = library(3, seed=5)[0]
+    expected = await unsharded(vectors, outcomes, queries)
+    async with open_swarm({"pattern_matcher": 3}, config=CFG,
+                          parameters={"pattern_matcher": PARAMS}) as swarm:
+        await swarm.add_patterns(vectors, outcomes)
+        assert len(swarm.coordinator.shard_sizes()) == 3
+        encoded.clear()
+        for query, want in zip(queries, expected, strict=True):
+            same(await swarm.submit(PatternMatchTask(window=query, params=PARAMS)), want)
+    assert len(encoded) == len(queries)
+
+
 async def test_patterns_added_before_any_matcher_are_served_once_one_joins() -> None:
     vectors, outcomes = library(50)
     queries = library(2, seed=3)[0]

@@ -21,7 +21,7 @@ from ._remote import RemoteActorRef, remote_ref
 from ._serve import serve_actor
 from ._spec import Backoff, ChildSpec, ChildStatus, SupervisionEvent, SupervisorSpec
 from ._supervisor import Supervisor, open_supervisor
-from ._wire import ActorReply, ActorRequest, BoxedError
+from ._wire import ActorReply, ActorRequest, BoxedError, encode_payload
 
 __all__ = [
     "Actor",
@@ -42,6 +42,7 @@ __all__ = [
     "SupervisionEvent",
     "Supervisor",
     "SupervisorSpec",
+    "encode_payload",
     "open_supervisor",
     "remote_ref",
     "serve_actor",

@@ -212,8 +212,9 @@ class RemoteActorRef(ActorRef):
         with trio.CancelScope(shield=True):
             await close_quietly(self._stream)
 
-    def _request(self, ask_id: int, kind: str, msg: Any) -> bytes:
-        data = request_bytes(ask_id, kind, msg)
+    def _request(self, ask_id: int, kind: str, msg: Any,
+                 encoded: tuple[str, bytes] | None = None) -> bytes:
+        data = request_bytes(ask_id, kind, msg, encoded)
         if len(data) > self._stream.max_message_size:
             raise ValueError(f"message of {len(data)} bytes exceeds the stream's "
                              f"max_message_size={self._stream.max_message_size}")
@@ -241,8 +242,8 @@ class RemoteActorRef(ActorRef):
             self._pending.pop(ask_id, None)
         raise AskTimeout(self.name, timeout)
 
-    def ask_nowait(self, msg: Any, on_reply: Callable[[outcome.Outcome[Any]], None]
-                   ) -> int | None:
+    def ask_nowait(self, msg: Any, on_reply: Callable[[outcome.Outcome[Any]], None],
+                   encoded: tuple[str, bytes] | None = None) -> int | None:
         """Send an ask now, without waiting, if the stream takes its frame at once.
 
         Returns the ask's id, or ``None`` when the frame could not be written
@@ -256,11 +257,13 @@ class RemoteActorRef(ActorRef):
         :meth:`forget` gives up on an ask.  Not a checkpoint.  Raises the
         ref's refusal (:class:`ActorUnreachable`) when it is broken or
         closing, and :class:`ValueError` for an oversized message.
+        ``encoded`` is ``encode_payload(msg)`` when the caller has it already
+        (one message asked of several actors is encoded once).
         """
         if self._broken is not None or self._closing:
             raise self._refuse()
         ask_id = self._next_id
-        data = self._request(ask_id, "ask", msg)
+        data = self._request(ask_id, "ask", msg, encoded)
         if not self._may_write_now(data):
             return None
         waiter = _Waiter(on_reply)

@@ -190,13 +190,15 @@ def _bin_at(raw: bytes, pos: int, end: int) -> bytes | None:
     return raw[start:end]
 
 
-def request_bytes(ask_id: int, kind: str, msg: Any) -> bytes:
+def request_bytes(ask_id: int, kind: str, msg: Any,
+                  encoded: tuple[str, bytes] | None = None) -> bytes:
     """``encode(ActorRequest(ask_id, kind, *encode_payload(msg)))``, built directly.
 
-    ``ask_id`` (>= 0) and ``kind`` are the caller's own (not checked here).
+    ``ask_id`` (>= 0) and ``kind`` are the caller's own (not checked here);
+    ``encoded``, when given, is ``encode_payload(msg)`` computed by the caller.
     Raises :class:`TypeError` for a message that cannot be encoded.
     """
-    encoding, payload = encode_payload(msg)
+    encoding, payload = encode_payload(msg) if encoded is None else encoded
     return b"".join((_REQUEST_HEAD, _uint(ask_id), _REQUEST_MIDDLE[kind, encoding],
                      _bin_header(len(payload)), payload))
 

@@ -257,19 +257,21 @@ class Dispatcher:
             self._idle.set()
 
     def dispatch(self, link: RemoteActor, msg: Any, timeout: float | None,
-                 on_settled: Any, *, reserved: bool = True) -> None:
+                 on_settled: Any, *, reserved: bool = True,
+                 encoded: tuple[str, bytes] | None = None) -> None:
         """Forward ``msg`` to ``link`` (whose credit the caller reserved when
         ``reserved``); ``on_settled(link, outcome)`` gets the outcome, possibly
         before this returns (a link that is gone).  Synchronous, so a caller
         sending to several links sends to all of them in the same scheduling
-        round."""
+        round; ``encoded`` (``encode_payload(msg)``) spares it encoding
+        ``msg`` once per link."""
         self._attempt_started()
 
         def settled(lnk: RemoteActor, result: outcome.Outcome[Any]) -> None:
             self._attempt_ended()
             on_settled(lnk, result)
 
-        link.dispatch(Forward(msg, timeout, settled, reserved))
+        link.dispatch(Forward(msg, timeout, settled, reserved, encoded))
 
     async def wait_link_idle(self, link: RemoteActor) -> None:
         """Return once nothing holds a credit of ``link``."""

@@ -149,7 +149,7 @@ class RemoteActor:
                 return False
             self._expiring = True
         try:
-            ask_id = ref.ask_nowait(fwd.msg, fwd.reply)
+            ask_id = ref.ask_nowait(fwd.msg, fwd.reply, fwd.encoded)
         except ActorError as exc:  # the ref is broken or closing
             fwd.settle(self, outcome.Error(exc))
             return True
@@ -217,13 +217,16 @@ class Forward:
 
     ``reserved`` says whether it holds a credit of the link (released when it
     is settled); control messages (library shards, parameter queries) do not.
+    ``encoded``: ``encode_payload(msg)``, when the sender has it (a message
+    scattered to several links is encoded once).
     """
 
-    __slots__ = ("msg", "timeout", "reserved", "_on_settled", "done", "link")
+    __slots__ = ("msg", "encoded", "timeout", "reserved", "_on_settled", "done", "link")
 
     def __init__(self, msg: Any, timeout: float | None, on_settled: Settled,
-                 reserved: bool = True) -> None:
+                 reserved: bool = True, encoded: tuple[str, bytes] | None = None) -> None:
         self.msg = msg
+        self.encoded = encoded
         self.timeout = timeout
         self.reserved = reserved
         self._on_settled = on_settled

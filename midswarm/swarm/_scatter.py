@@ -44,8 +44,9 @@ import numpy as np
 import outcome
 import trio
 
-from ..actors import ActorFailed
+from ..actors import ActorFailed, encode_payload
 from ..reasoning import PatternStore
+from ..transport import transmit_together
 from ._agent_matcher import merge_pattern_results
 from ._config import CoordinatorConfig
 from ._delivery import DeliveryStats, Dispatcher
@@ -329,6 +330,7 @@ class PatternShards:
         rounds = 0
         failed_once = False
         last_error: BaseException | None = None
+        encoded: tuple[str, bytes] | None = None
         task_id = dispatcher.new_task_id()
         while True:
             if not self._settled.is_set():  # (waiting on a set event is a schedule point)
@@ -352,10 +354,18 @@ class PatternShards:
             if rounds > 1:
                 dispatcher.stats.resent += 1
             gather = _Round(len(members), dispatcher.stats)
+            if encoded is None:
+                try:
+                    encoded = encode_payload(task)
+                except (TypeError, ValueError):
+                    pass  # each forward fails to send, and says why
             try:
-                # Every member's forward starts in the same scheduling round.
-                for link in members:
-                    dispatcher.dispatch(link, task, cfg.task_timeout, gather.on_settled)
+                # Every member's forward starts in the same scheduling round,
+                # their datagrams back to back.
+                with transmit_together():
+                    for link in members:
+                        dispatcher.dispatch(link, task, cfg.task_timeout, gather.on_settled,
+                                            encoded=encoded)
                 await gather.complete.wait()
             finally:
                 gather.closed = True
