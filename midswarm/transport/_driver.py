@@ -25,6 +25,10 @@ transmits at once; a receive transmits only what cannot wait (a second packet
 to acknowledge, queued data or control frames) — the woken reader's reply
 usually carries our ACK, and otherwise the timer sends it at the ACK delay.
 Steady-state packets are built and read by the fast path (``_fastpath.py``).
+A pump is two halves, the send (:meth:`ConnectionDriver._pump_send`) and the
+bookkeeping after it (:meth:`ConnectionDriver._pump_settle`); a task writing
+to several connections in a :func:`transmit_together` block gets every
+connection's send before any bookkeeping.
 """
 
 from __future__ import annotations
