@@ -269,8 +269,6 @@ class ConnectionDriver:
         held-back ACKs, the timer.  Between the halves the connection may
         wait (see :func:`transmit_together`): every entry to the state
         machine settles what the first half left."""
-        if self._terminated:
-            return
         machine = self._machine
         if self._sent:
             self._sent = False
