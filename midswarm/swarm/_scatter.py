@@ -330,7 +330,11 @@ class PatternShards:
         rounds = 0
         failed_once = False
         last_error: BaseException | None = None
-        encoded: tuple[str, bytes] | None = None
+        encoded: tuple[str, bytes] | None
+        try:
+            encoded = encode_payload(task)  # once for every member and round
+        except (TypeError, ValueError):
+            encoded = None  # each forward fails to send, and says why
         task_id = dispatcher.new_task_id()
         while True:
             if not self._settled.is_set():  # (waiting on a set event is a schedule point)
@@ -354,11 +358,6 @@ class PatternShards:
             if rounds > 1:
                 dispatcher.stats.resent += 1
             gather = _Round(len(members), dispatcher.stats)
-            if encoded is None:
-                try:
-                    encoded = encode_payload(task)
-                except (TypeError, ValueError):
-                    pass  # each forward fails to send, and says why
             try:
                 # Every member's forward starts in the same scheduling round,
                 # their datagrams back to back.

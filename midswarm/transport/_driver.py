@@ -101,9 +101,9 @@ def transmit_together() -> Iterator[None]:
         held.open = False
         _held.reset(token)
         sent = [(conn, conn._pump_send(True)) for conn in held.connections]
-        for conn, now in sent:
-            if now is not None:
-                conn._pump_settle(now)
+        for conn, result in sent:
+            if result is not None:
+                conn._pump_settle(*result)
 
 
 class ConnectionDriver:
@@ -128,8 +128,6 @@ class ConnectionDriver:
     _flush_late: bool
     _dirty: bool
     _first_flight: bool
-    #: Between the halves of a pump: a datagram left, its record is pending.
-    _sent: bool
     _on_ready: Callable[[Any], None] | None
 
     # --- what the subclass provides ---------------------------------------------------
@@ -242,14 +240,15 @@ class ConnectionDriver:
         ``with_ack``: we are sending data; put any pending ACK in it rather than
         in a separate packet later.
         """
-        now = self._pump_send(with_ack)
-        if now is not None:
-            self._pump_settle(now)
+        result = self._pump_send(with_ack)
+        if result is not None:
+            self._pump_settle(*result)
 
-    def _pump_send(self, with_ack: bool) -> float | None:
+    def _pump_send(self, with_ack: bool) -> tuple[float, bool] | None:
         """The first half of :meth:`_pump`: events, then the datagrams to the
-        socket.  Returns the time to give :meth:`_pump_settle`, which must
-        follow (``None``: the connection is over, nothing to settle)."""
+        socket.  Returns the time and whether anything was sent, for
+        :meth:`_pump_settle`, which must follow (``None``: the connection is
+        over, nothing to settle)."""
         if self._terminated:
             return None
         machine = self._machine
@@ -261,17 +260,15 @@ class ConnectionDriver:
         if space is not None and space.ack_at is not None and (
                 with_ack or machine.ms_unacked >= 2):
             space.ack_at = now
-        self._sent = self._send(now)
-        return now
+        return now, self._send(now)
 
-    def _pump_settle(self, now: float) -> None:
+    def _pump_settle(self, now: float, sent: bool) -> None:
         """The second half of :meth:`_pump`: the bookkeeping of what was sent,
         held-back ACKs, the timer.  Between the halves the connection may
         wait (see :func:`transmit_together`): every entry to the state
         machine settles what the first half left."""
         machine = self._machine
-        if self._sent:
-            self._sent = False
+        if sent:
             self._after_send(now)
         if machine.ms_deferred:
             # ACKs held back by the receive path (see Machine.ms_deferred):

@@ -75,7 +75,6 @@ class QuicConnection(ConnectionDriver):
         self._flush_pending = False  # the timer task will flush held writes
         self._flush_late = False  # ... after one more scheduling round
         self._dirty = False  # a write is waiting for that flush
-        self._sent = False
         self._first_flight = False  # held until the first write (see connect_quic)
         self.peer_identity: str | None = None
         self.session_resumed = False
