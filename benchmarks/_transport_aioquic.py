@@ -238,12 +238,14 @@ def _bounded() -> Any:
 async def run_rtt(port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:
     msg = payload(int(p["size"]))
     lat: list[float] = []
+    cpu: dict[str, float] = {}
     async with open_client(port, certs, p) as proto:
         box = proto.open_mailbox()
         with _bounded() as flag:
             async with asyncio.timeout(float(p["time_limit"])):
-                await time_round_trips(box, msg, int(p["warmup"]), int(p["count"]), lat)
-    return {**latency_summary(lat), **flag}
+                await time_round_trips(box, msg, int(p["warmup"]), int(p["count"]), lat,
+                                       cpu, p.get("server_pid"))
+    return {**latency_summary(lat), **cpu, **flag}
 
 
 async def run_bulk(port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:

@@ -85,6 +85,19 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS line for pid {pid}")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time used so far by all threads of process ``pid`` (Linux
+    ``schedstat``, nanosecond resolution); ``None`` where that cannot be read."""
+    total = 0
+    try:
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{thread}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
+
+
 def certs_paths(certs: str) -> dict[str, str]:
     return {"ca": os.path.join(certs, "ca.pem"),
             "cert": os.path.join(certs, "coordinator.pem"),

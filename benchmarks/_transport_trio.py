@@ -267,11 +267,13 @@ class _NotifyingTickets(SessionTicketStore):
 async def run_rtt(kind: str, port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:
     msg = payload(int(p["size"]))
     lat: list[float] = []
+    cpu: dict[str, float] = {}
     async with open_client(kind, port, certs, p) as client:
         box = await client.open_mailbox()
         with trio.move_on_after(float(p["time_limit"])) as scope:
-            await time_round_trips(box, msg, int(p["warmup"]), int(p["count"]), lat)
-    return {**latency_summary(lat), "timed_out": scope.cancelled_caught}
+            await time_round_trips(box, msg, int(p["warmup"]), int(p["count"]), lat,
+                                   cpu, p.get("server_pid"))
+    return {**latency_summary(lat), **cpu, "timed_out": scope.cancelled_caught}
 
 
 async def run_bulk(kind: str, port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:

@@ -10,12 +10,21 @@ groups stay with each peer.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, Protocol, TypeVar
 
-from _transport_common import BULK_CHUNK, BULK_START, TOTAL, latency_summary, now, payload
+from _transport_common import (
+    BULK_CHUNK,
+    BULK_START,
+    TOTAL,
+    cpu_seconds,
+    latency_summary,
+    now,
+    payload,
+)
 
 
 class Mailbox(Protocol):
@@ -45,13 +54,31 @@ async def round_trip(box: Mailbox, msg: bytes) -> float:
 
 
 async def time_round_trips(box: Mailbox, msg: bytes, warmup: int, count: int,
-                           into: list[float]) -> None:
+                           into: list[float], cpu: dict[str, float] | None = None,
+                           server_pid: int | None = None) -> None:
     """``warmup`` untimed round trips, then ``count`` timed ones appended to ``into``
-    (appended as they happen, so a time limit keeps what was measured)."""
+    (appended as they happen, so a time limit keeps what was measured).
+
+    With ``cpu`` (and the server's ``server_pid``), ``cpu["us_per_round_trip"]``
+    is set at the end to the CPU time both processes, this one and the
+    server, spent per timed round trip: a measure of work done that, unlike
+    latency, hardly moves with the other load of a shared machine."""
+    start: float | None = None
     for i in range(warmup + count):
+        if i == warmup and cpu is not None and server_pid is not None:
+            start = _cpu_both(server_pid)
         dt = await round_trip(box, msg)
         if i >= warmup:
             into.append(dt)
+    if start is not None and count and cpu is not None and server_pid is not None:
+        end = _cpu_both(server_pid)
+        if end is not None:
+            cpu["us_per_round_trip"] = (end - start) / count * 1e6
+
+
+def _cpu_both(server_pid: int) -> float | None:
+    mine, server = cpu_seconds(os.getpid()), cpu_seconds(server_pid)
+    return None if mine is None or server is None else mine + server
 
 
 async def send_bulk(box: Mailbox, total: int) -> tuple[int, float]:

@@ -10,7 +10,10 @@ Every measurement runs the server and the client in separate processes on
 loopback (``_transport_peer.py``); this script only starts them, relays the
 staging commands of the many-agents section and prints one table.  Sections:
 
-``rtt``        400-byte request/reply on one stream or connection: p50, p99.
+``rtt``        400-byte request/reply on one stream or connection: p50, p99, and the
+               CPU time client and server spent per round trip (Linux: both
+               processes' threads, from /proc/PID/task/*/schedstat), which a
+               busy host moves far less than it moves latency.
 ``bulk``       one stream, client sends N MiB, server acknowledges the count: MB/s
                (QUIC at several ``max_datagram_size`` values).
 ``handshake``  connect -> first reply, fresh connections: full handshake, and for
@@ -66,14 +69,17 @@ def section_rtt(b: Bench, s: dict[str, Any]) -> None:
               "time_limit": 60}
     for kind in b.kinds:
         def run(kind: str = kind) -> dict[str, Any]:
-            with b.server(kind, {}) as (port, _):
-                return b.client(kind, "rtt", port, params)
+            with b.server(kind, {}) as (port, srv):
+                return b.client(kind, "rtt", port, {**params, "server_pid": srv.pid})
         r = b.attempt(f"rtt {kind}", run)
         if r is None:
             continue
         suffix = " (timeout)" if r["timed_out"] else ""
         b.put("RTT 400 B, p50 (us)", kind, r["p50_us"], higher_better=False)
         b.put("RTT 400 B, p99 (us)", kind, r["p99_us"], higher_better=False)
+        if "us_per_round_trip" in r:
+            b.put("RTT 400 B, CPU both sides (us)", kind, r["us_per_round_trip"],
+                  higher_better=False)
         if suffix:
             b.notes.append(f"rtt {kind}: time limit hit after {r['count']} round trips")
 
