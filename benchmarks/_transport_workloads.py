@@ -70,7 +70,8 @@ async def time_round_trips(box: Mailbox, msg: bytes, warmup: int, count: int,
         dt = await round_trip(box, msg)
         if i >= warmup:
             into.append(dt)
-    if start is not None and count and cpu is not None and server_pid is not None:
+    if start is not None and count:  # start is set only with cpu and server_pid
+        assert cpu is not None and server_pid is not None
         end = _cpu_both(server_pid)
         if end is not None:
             cpu["us_per_round_trip"] = (end - start) / count * 1e6

@@ -47,7 +47,8 @@ round trip is coordination (their tasks/s is sequential); for them the
 script also prints the CPU time the coordinator and agents spent together
 per task (Linux: every thread of this process and its child processes, from
 ``/proc/PID/task/*/schedstat``), which a busy host moves far less than
-latency.  Ratios are against the in-process kernel.  Every loop is bounded in count and time.
+latency.  Ratios are against the in-process kernel.  Every loop is bounded
+in count and time.
 OpenMP workers are told to sleep when idle (``OMP_WAIT_POLICY=PASSIVE``, for
 this process and the agents): spinning workers steal the cores the other
 processes need.
