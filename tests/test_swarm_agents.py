@@ -181,5 +181,5 @@ async def test_kernels_run_in_batch_scheduled_worker_threads() -> None:
     from midswarm.swarm._agent_util import run_kernel
 
     before = os.sched_getscheduler(0)
-    assert await run_kernel(1, os.sched_getscheduler, 0) == os.SCHED_BATCH
+    assert await run_kernel(1, os.sched_getscheduler, 0, inline_below=0) == os.SCHED_BATCH
     assert os.sched_getscheduler(0) == before  # the event loop's thread is left alone

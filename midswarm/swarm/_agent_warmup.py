@@ -12,7 +12,10 @@ A behaviour takes part by giving its factory an ``async warm_up()`` (a
 classmethod on the actor classes of :data:`AGENT_FACTORIES`): it runs one
 small, throwaway task through the codec and the kernels.  Factories without
 one (the ReasoningBank's, whose work is SQLite and a little numpy; test
-actors) are skipped.
+actors) are skipped.  The warm-up's timings are forgotten afterwards, so
+that the first real call of each kernel goes to a worker thread (see
+:func:`~._agent_util.run_kernel`): a small sample's speed says nothing of a
+real task's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from ._agent_util import forget_kernel_timings
 
 __all__ = ["warm_up_agent"]
 
@@ -50,6 +55,7 @@ async def warm_up_agent(agent_id: str, types: Iterable[str],
                         "kernels instead): %r", agent_id, agent_type, exc)
             continue
         took[agent_type] = time.perf_counter() - started
+    forget_kernel_timings()
     if took:
         log.info("agent %s: kernels warmed up in %.2f s (%s)", agent_id, sum(took.values()),
                  ", ".join(f"{t} {s:.2f} s" for t, s in took.items()))
