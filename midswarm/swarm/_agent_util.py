@@ -61,6 +61,11 @@ def _call_with_threads(threads: int, key: Any, fn: Callable[..., T], *args: Any)
         _batch.done = True
         use_batch_scheduling()
     numba.set_num_threads(threads)  # thread-local: affects this worker thread only
+    return _timed(key, fn, *args)
+
+
+def _timed(key: Any, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, its duration filed under ``key`` (raise or return)."""
     started = time.perf_counter()
     try:
         return fn(*args)
@@ -95,11 +100,9 @@ async def run_kernel(threads: int, fn: Callable[..., T], *args: Any,
     await trio.lowlevel.checkpoint()
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
-    started = time.perf_counter()
     try:
-        return fn(*args)
+        return _timed(key, fn, *args)
     finally:
-        _last_took[key] = time.perf_counter() - started
         numba.set_num_threads(before)
 
 
