@@ -135,7 +135,7 @@ async def serve_quic(
     try:
         sock.bind((host, port))
         tune_socket(sock)
-        endpoint = _Endpoint(sock, connected=False, gso=cfg.gso)
+        endpoint = _Endpoint(sock, connected=False, gso=cfg.gso, busy_poll=cfg.busy_poll)
         tickets = _ServerTickets()
         supported = list(qconf.supported_versions)
 
@@ -292,7 +292,7 @@ async def connect_quic(
 
         machine = Machine(config=cfg, configuration=qconf, key_share_group=group,
                           session_ticket_handler=on_ticket)
-        endpoint = _Endpoint(sock, connected=True, gso=cfg.gso)
+        endpoint = _Endpoint(sock, connected=True, gso=cfg.gso, busy_poll=cfg.busy_poll)
         conn = QuicConnection(endpoint, machine, cfg, addr, is_client=True, datagram_size=size)
 
         def refused() -> None:

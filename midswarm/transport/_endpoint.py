@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 import struct
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 
 import trio
 
+from ._busypoll import busy_poller, real_time
 from ._quic import QuicConnection
 
 __all__: list[str] = []
@@ -39,8 +41,11 @@ _GSO_MAX_BYTES = 65000
 class _Endpoint:
     """One UDP socket and the connections behind it."""
 
-    def __init__(self, sock: socket.socket, *, connected: bool, gso: bool = True) -> None:
+    def __init__(self, sock: socket.socket, *, connected: bool, gso: bool = True,
+                 busy_poll: float = 0.0) -> None:
         self.sock = sock
+        #: Seconds to poll the socket after frequent traffic (``_busypoll.py``).
+        self.busy_poll = busy_poll
         self._connected = connected
         self.routes: dict[bytes, QuicConnection] = {}
         self._cids: dict[QuicConnection, set[bytes]] = {}
@@ -154,9 +159,23 @@ class _Endpoint:
                                                        QuicConnection | None]) -> None:
         sock = self.sock
         touched: dict[QuicConnection, None] = {}
+        window = self.busy_poll
+        poller = busy_poller() if window > 0 else None
+        last_end = -math.inf
+        poll = False
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            first = None
+            if poll:
+                assert poller is not None
+                first = await poller.poll(self, sock)
+            if first is None:
+                await trio.lowlevel.wait_readable(sock)
+            start = real_time()
             now = trio.current_time()
+            if first is not None:
+                conn = on_datagram(first[0], first[1], now)
+                if conn is not None:
+                    touched[conn] = None
             for _ in range(_RECV_BATCH):
                 try:
                     data, addr = sock.recvfrom(65536)
@@ -171,6 +190,14 @@ class _Endpoint:
             for conn in touched:
                 conn._process_received()
             touched.clear()
+            if poller is not None:
+                # Poll (or keep the run's poller going) only while traffic is
+                # frequent: this batch came within the window of the last one.
+                end = real_time()
+                poll = start - last_end <= window
+                last_end = end
+                if poll:
+                    poller.extend(end + window)
 
     # --- routing (server) -----------------------------------------------------------
 
