@@ -65,7 +65,8 @@ _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed,
 
 def quic_config(params: dict[str, Any]) -> QuicConfig:
     return QuicConfig(max_datagram_size=int(params.get("max_datagram", 1452)),
-                      handshake_timeout=float(params.get("handshake_timeout", 10.0)))
+                      handshake_timeout=float(params.get("handshake_timeout", 10.0)),
+                      busy_poll=float(params.get("busy_poll", QuicConfig().busy_poll)))
 
 
 # --- servers -----------------------------------------------------------------------
