@@ -7,10 +7,11 @@ On the machines we measure on, most of a small round trip's cost is not the
 work of sending and receiving but the waking up: a process that blocked for a
 few hundred microseconds resumes on a core whose caches and branch predictors
 hold someone else's state, and every step of the receive path then costs
-several times what it costs warm (aioquic's packet decryption: 2.8 us warm,
-about 12 us after a block).  Busy polling -- the idea behind Linux's
-``SO_BUSY_POLL`` and the spinning idle strategies of low-latency messaging
-libraries -- trades CPU time during short gaps for that latency.
+several times what it costs warm (aioquic's packet decryption, profiled in
+session 8: 2.8 us in a loop, about 12 us after a block).  Busy polling -- the
+idea behind Linux's ``SO_BUSY_POLL`` and the spinning idle strategies of
+low-latency messaging libraries -- trades CPU time during short gaps for that
+latency.
 
 After an endpoint's receiver has handled a batch of datagrams, it polls its
 socket without blocking, yielding to the Trio scheduler between polls, until
@@ -39,9 +40,9 @@ every poll is a checkpoint        cancellation works at once; other tasks run
 every poll yields the core        ``sched_yield``: with more runnable threads
                                   than cores (agents computing beside the
                                   coordinator), a poller must not hold a core
-                                  someone with work is waiting for.  Measured
-                                  with 3 processes on 2 cores and a 2 ms
-                                  window: 2.6 ms per task without, 1.0 with
+                                  someone with work is waiting for (session
+                                  8, 3 processes on 2 cores, a 2 ms window:
+                                  2.6 ms per swarm task without, 1.0 with)
 an error ends the poll            the blocking path reports socket errors
 ``busy_poll=0`` disables it       for hosts where idle CPU matters more
 ================================  =============================================
