@@ -53,9 +53,9 @@ async def test_poll_returns_a_datagram_sent_while_it_polls() -> None:
                     await trio.lowlevel.checkpoint()
                 a.send(b"hello")
             nursery.start_soon(send_later)
-            got = await poller.poll("me", b)
+            got = await poller.poll(b)
     assert got is not None and got[0] == b"hello"
-    assert poller.holder is None
+    assert not poller.polling
 
 
 async def test_poll_gives_up_when_the_window_closes_and_lets_others_run() -> None:
@@ -73,12 +73,12 @@ async def test_poll_gives_up_when_the_window_closes_and_lets_others_run() -> Non
             nursery.start_soon(count_steps)
             start = real_time()
             poller.extend(start + 0.02)
-            assert await poller.poll("me", b) is None
+            assert await poller.poll(b) is None
             took = real_time() - start
             nursery.cancel_scope.cancel()
     assert 0.02 <= took < 5.0
     assert steps > 10  # the other task ran all along
-    assert poller.holder is None
+    assert not poller.polling
 
 
 async def test_only_one_receiver_polls_at_a_time() -> None:
@@ -89,17 +89,18 @@ async def test_only_one_receiver_polls_at_a_time() -> None:
             first: list[Any] = []
 
             async def first_poller() -> None:
-                first.append(await poller.poll("first", b))
+                first.append(await poller.poll(b))
 
             nursery.start_soon(first_poller)
             for _ in range(3):
                 await trio.lowlevel.checkpoint()
-            assert poller.holder == "first"
-            assert await poller.poll("second", d) is None  # at once
+            assert poller.polling
+            with trio.testing.assert_no_checkpoints():  # at once, without polling
+                assert await poller.poll(d) is None
             a.send(b"x")
             sender = a.getsockname()
     assert first == [(b"x", sender)]
-    assert poller.holder is None
+    assert not poller.polling
 
 
 async def test_poll_is_cancellable_and_lets_go() -> None:
@@ -107,9 +108,9 @@ async def test_poll_is_cancellable_and_lets_go() -> None:
     poller.extend(real_time() + 60.0)
     with udp_pair() as (_a, b):
         with trio.move_on_after(0.05) as scope:
-            await poller.poll("me", b)
+            await poller.poll(b)
     assert scope.cancelled_caught
-    assert poller.holder is None
+    assert not poller.polling
 
 
 async def test_a_socket_error_ends_the_poll() -> None:
@@ -119,7 +120,7 @@ async def test_a_socket_error_ends_the_poll() -> None:
         b.close()  # a's datagrams to it now draw ICMP port-unreachable
         a.send(b"nobody")
         with trio.fail_after(5):  # long before the window closes
-            assert await poller.poll("me", a) is None
+            assert await poller.poll(a) is None
 
 
 async def test_each_run_has_its_own_poller() -> None:
@@ -139,9 +140,9 @@ def counting_polls() -> Iterator[dict[str, int]]:
     counts = {"polls": 0, "hits": 0}
     original = BusyPoller.poll
 
-    async def poll(self: BusyPoller, owner: object, sock: socket.socket) -> Any:
+    async def poll(self: BusyPoller, sock: socket.socket) -> Any:
         counts["polls"] += 1
-        got = await original(self, owner, sock)
+        got = await original(self, sock)
         counts["hits"] += got is not None
         return got
 

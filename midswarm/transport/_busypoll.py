@@ -73,11 +73,11 @@ _yield_core = getattr(os, "sched_yield", lambda: None)
 class BusyPoller:
     """The one busy-polling receiver of a Trio run, and how long it polls."""
 
-    __slots__ = ("holder", "until")
+    __slots__ = ("polling", "until")
 
     def __init__(self) -> None:
-        #: The receiver polling now (any object identifying it), or ``None``.
-        self.holder: object | None = None
+        #: Whether a receiver is polling now.
+        self.polling = False
         #: Real-clock time (``time.perf_counter``) when polling stops.
         self.until = 0.0
 
@@ -86,7 +86,7 @@ class BusyPoller:
         if until > self.until:
             self.until = until
 
-    async def poll(self, owner: object, sock: socket.socket) -> tuple[bytes, Any] | None:
+    async def poll(self, sock: socket.socket) -> tuple[bytes, Any] | None:
         """Poll ``sock`` for a datagram until the window closes.
 
         Returns the first datagram (as ``recvfrom`` does), or ``None`` when the
@@ -95,9 +95,9 @@ class BusyPoller:
         it).  Each poll but the first is a checkpoint: raises
         :class:`trio.Cancelled` when cancelled.
         """
-        if self.holder is not None:
+        if self.polling:
             return None
-        self.holder = owner
+        self.polling = True
         try:
             while True:
                 try:
@@ -111,7 +111,7 @@ class BusyPoller:
                 _yield_core()
                 await trio.lowlevel.checkpoint()
         finally:
-            self.holder = None
+            self.polling = False
 
 
 _POLLER: trio.lowlevel.RunVar[BusyPoller] = trio.lowlevel.RunVar("midswarm_busy_poller")
@@ -125,4 +125,3 @@ def busy_poller() -> BusyPoller:
         poller = BusyPoller()
         _POLLER.set(poller)
         return poller
-

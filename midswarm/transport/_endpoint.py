@@ -45,7 +45,7 @@ class _Endpoint:
                  busy_poll: float = 0.0) -> None:
         self.sock = sock
         #: Seconds to poll the socket after frequent traffic (``_busypoll.py``).
-        self.busy_poll = busy_poll
+        self._busy_poll = busy_poll
         self._connected = connected
         self.routes: dict[bytes, QuicConnection] = {}
         self._cids: dict[QuicConnection, set[bytes]] = {}
@@ -159,7 +159,7 @@ class _Endpoint:
                                                        QuicConnection | None]) -> None:
         sock = self.sock
         touched: dict[QuicConnection, None] = {}
-        window = self.busy_poll
+        window = self._busy_poll
         poller = busy_poller() if window > 0 else None
         last_end = -math.inf
         poll = False
@@ -167,7 +167,7 @@ class _Endpoint:
             first = None
             if poll:
                 assert poller is not None
-                first = await poller.poll(self, sock)
+                first = await poller.poll(sock)
             if first is None:
                 await trio.lowlevel.wait_readable(sock)
             start = real_time()
