@@ -33,8 +33,10 @@ from _transport_common import (
 )
 from _transport_workloads import (
     AgentStages,
+    HandshakeTally,
     bulk_result,
-    handshake_result,
+    handshake_modes,
+    handshake_turns,
     mailbox_rounds,
     mailboxes_result,
     round_trip,
@@ -260,35 +262,35 @@ async def run_bulk(port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_handshake(port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:
-    resumed = bool(p.get("resumed", False))
+    modes = handshake_modes(p)
     msg = payload(400)
-    tickets = _Tickets() if resumed else None
-    if tickets is not None:
-        async with open_client(port, certs, p, tickets=tickets) as proto:
+    store = _Tickets() if "resumed" in modes else None
+    if store is not None:
+        async with open_client(port, certs, p, tickets=store) as proto:
             await round_trip(proto.open_mailbox(), msg)
-            if not await tickets.wait_beyond(0, 5.0):
+            if not await store.wait_beyond(0, 5.0):
                 raise RuntimeError("the server issued no session ticket")
-    times: list[float] = []
-    n_resumed = n_early = 0
+    tally = HandshakeTally(modes)
     deadline = time.monotonic() + float(p["time_limit"])
-    for _ in range(int(p["count"])):
+    for mode in handshake_turns(modes, int(p["count"])):
         if time.monotonic() > deadline:
             break
-        seen = tickets.received if tickets is not None else 0
+        resumed = mode == "resumed"
+        tickets = store if resumed else None
+        seen = store.received if store is not None else 0
         t0 = time.perf_counter()
         async with open_client(port, certs, p, tickets=tickets,
                                wait_connected=not resumed) as proto:
             box = proto.open_mailbox()
             await box.send_message(msg)
             await box.receive_message()
-            times.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
             done = await proto.handshake_done()
-            if done is not None:
-                n_resumed += done.session_resumed
-                n_early += done.early_data_accepted
-            if tickets is not None:
-                await tickets.wait_beyond(seen, 2.0)
-    return handshake_result(times, n_resumed, n_early)
+            tally.add(mode, elapsed, done is not None and done.session_resumed,
+                      done is not None and done.early_data_accepted)
+            if store is not None and resumed:
+                await store.wait_beyond(seen, 2.0)
+    return tally.result()
 
 
 async def run_mailboxes(port: int, certs: str, p: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,9 @@ from _transport_workloads import (
     AgentStages,
     Mailbox,
     bulk_result,
-    handshake_result,
+    HandshakeTally,
+    handshake_modes,
+    handshake_turns,
     mailbox_rounds,
     mailboxes_result,
     round_trip,
@@ -289,38 +291,40 @@ async def run_bulk(kind: str, port: int, certs: str, p: dict[str, Any]) -> dict[
 
 async def run_handshake(kind: str, port: int, certs: str,
                         p: dict[str, Any]) -> dict[str, Any]:
-    resumed = bool(p.get("resumed", False))
-    if resumed and kind != "midswarm":
+    modes = handshake_modes(p)
+    if "resumed" in modes and kind != "midswarm":
         raise ValueError(f"{kind} has no 0-RTT resumption")
     msg = payload(400)
-    store = _NotifyingTickets() if resumed else None
+    store = _NotifyingTickets() if "resumed" in modes else None
     if store is not None:
         async with open_client(kind, port, certs, p, tickets=store) as client:
             await round_trip(await client.open_mailbox(), msg)
             if not await store.wait_beyond(0, 5.0):
                 raise RuntimeError("the server issued no session ticket")
-    times: list[float] = []
-    n_resumed = n_early = 0
+    tally = HandshakeTally(modes)
     deadline = trio.current_time() + float(p["time_limit"])
-    for _ in range(int(p["count"])):
+    for mode in handshake_turns(modes, int(p["count"])):
         if trio.current_time() > deadline:
             break
+        resumed = mode == "resumed"
+        tickets = store if resumed else None
         seen = store.received if store is not None else 0
         t0 = time.perf_counter()
-        async with open_client(kind, port, certs, p, tickets=store,
+        async with open_client(kind, port, certs, p, tickets=tickets,
                                wait_connected=not resumed) as client:
             box = await client.open_mailbox()
             await box.send_message(msg)
             await box.receive_message()
-            times.append(time.perf_counter() - t0)
-            if client.conn is not None:
-                await client.conn.wait_handshake()
-                n_resumed += client.conn.session_resumed
-                n_early += client.conn.early_data_accepted
-            if store is not None:
+            elapsed = time.perf_counter() - t0
+            conn = client.conn
+            if conn is not None:
+                await conn.wait_handshake()
+            tally.add(mode, elapsed, conn is not None and conn.session_resumed,
+                      conn is not None and conn.early_data_accepted)
+            if store is not None and resumed:
                 # Keep the next connection resumable: the server's tickets are single use.
                 await store.wait_beyond(seen, 2.0)
-    return handshake_result(times, n_resumed, n_early)
+    return tally.result()
 
 
 async def run_mailboxes(kind: str, port: int, certs: str,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -109,9 +109,46 @@ def bulk_result(done: tuple[int, float] | None) -> dict[str, Any]:
     return {"timed_out": False, "mb_per_s": sent / elapsed / 1e6, "bytes": sent}
 
 
-def handshake_result(times: list[float], n_resumed: int, n_early: int) -> dict[str, Any]:
-    return {**latency_summary(times), "resumed": n_resumed, "early_data": n_early,
-            "connections": len(times)}
+HANDSHAKE_MODES = ("full", "resumed")
+
+
+def handshake_modes(p: dict[str, Any]) -> list[str]:
+    """The ``handshake`` section's ``modes`` parameter, checked."""
+    modes = list(p.get("modes", ["full"]))
+    if not modes or any(m not in HANDSHAKE_MODES for m in modes) or len(set(modes)) < len(modes):
+        raise ValueError(f"handshake modes must be distinct ones of {HANDSHAKE_MODES}, "
+                         f"got {modes!r}")
+    return modes
+
+
+def handshake_turns(modes: list[str], count: int) -> Iterator[str]:
+    """The order connections are made in: ``count`` rounds of one connection
+    per mode, the order reversed every other round.  Full and resumed
+    connections take turns against one server so that load drifting on a
+    shared machine hits both alike (their ratio is the figure that matters),
+    and neither always follows the other."""
+    for i in range(count):
+        yield from (modes if i % 2 == 0 else reversed(modes))
+
+
+class HandshakeTally:
+    """Connect->first-reply times per mode, and what the handshakes did."""
+
+    def __init__(self, modes: list[str]) -> None:
+        self.times: dict[str, list[float]] = {m: [] for m in modes}
+        self.resumed = dict.fromkeys(modes, 0)
+        self.early = dict.fromkeys(modes, 0)
+
+    def add(self, mode: str, elapsed: float, resumed: bool, early: bool) -> None:
+        self.times[mode].append(elapsed)
+        self.resumed[mode] += resumed
+        self.early[mode] += early
+
+    def result(self) -> dict[str, Any]:
+        """The ``handshake`` result line: one summary per mode."""
+        return {m: {**latency_summary(t), "resumed": self.resumed[m],
+                    "early_data": self.early[m], "connections": len(t)}
+                for m, t in self.times.items()}
 
 
 async def mailbox_rounds(box: Mailbox, seed: int, size: int, rounds: int,
