@@ -33,9 +33,9 @@ from _transport_common import (
 )
 from _transport_workloads import (
     AgentStages,
+    HandshakeTally,
     Mailbox,
     bulk_result,
-    HandshakeTally,
     handshake_modes,
     handshake_turns,
     mailbox_rounds,
