@@ -277,7 +277,7 @@ async def run_handshake(port: int, certs: str, p: dict[str, Any]) -> dict[str, A
             break
         resumed = mode == "resumed"
         tickets = store if resumed else None
-        seen = store.received if store is not None else 0
+        seen = tickets.received if tickets is not None else 0
         t0 = time.perf_counter()
         async with open_client(port, certs, p, tickets=tickets,
                                wait_connected=not resumed) as proto:
@@ -288,8 +288,8 @@ async def run_handshake(port: int, certs: str, p: dict[str, Any]) -> dict[str, A
             done = await proto.handshake_done()
             tally.add(mode, elapsed, done is not None and done.session_resumed,
                       done is not None and done.early_data_accepted)
-            if store is not None and resumed:
-                await store.wait_beyond(seen, 2.0)
+            if tickets is not None:
+                await tickets.wait_beyond(seen, 2.0)
     return tally.result()
 
 

@@ -308,7 +308,7 @@ async def run_handshake(kind: str, port: int, certs: str,
             break
         resumed = mode == "resumed"
         tickets = store if resumed else None
-        seen = store.received if store is not None else 0
+        seen = tickets.received if tickets is not None else 0
         t0 = time.perf_counter()
         async with open_client(kind, port, certs, p, tickets=tickets,
                                wait_connected=not resumed) as client:
@@ -321,9 +321,9 @@ async def run_handshake(kind: str, port: int, certs: str,
                 await conn.wait_handshake()
             tally.add(mode, elapsed, conn is not None and conn.session_resumed,
                       conn is not None and conn.early_data_accepted)
-            if store is not None and resumed:
+            if tickets is not None:
                 # Keep the next connection resumable: the server's tickets are single use.
-                await store.wait_beyond(seen, 2.0)
+                await tickets.wait_beyond(seen, 2.0)
     return tally.result()
 
 
