@@ -98,10 +98,16 @@ def cpu_seconds(pid: int) -> float | None:
     return total / 1e9
 
 
+#: The client identity of the mutual-TLS handshakes (a certificate in the certs directory).
+CLIENT_ID = "bench-agent"
+
+
 def certs_paths(certs: str) -> dict[str, str]:
     return {"ca": os.path.join(certs, "ca.pem"),
             "cert": os.path.join(certs, "coordinator.pem"),
-            "key": os.path.join(certs, "coordinator.key")}
+            "key": os.path.join(certs, "coordinator.key"),
+            "client_cert": os.path.join(certs, f"{CLIENT_ID}.pem"),
+            "client_key": os.path.join(certs, f"{CLIENT_ID}.key")}
 
 
 class FrameParser:

@@ -120,9 +120,11 @@ async def serve(kind: str, certs: str, params: dict[str, Any],
             async def handler(conn: QuicConnection) -> None:
                 await serve_streams(conn, echo_stream)
 
-            listener = await nursery.start(
-                serve_quic, handler, 0, HOST, ServerTLS(paths["cert"], paths["key"]),
-                quic_config(params))
+            mutual = bool(params.get("mutual_tls"))
+            tls = ServerTLS(paths["cert"], paths["key"], ca=paths["ca"] if mutual else None,
+                            require_client_cert=mutual)
+            listener = await nursery.start(serve_quic, handler, 0, HOST, tls,
+                                           quic_config(params))
             task_status.started(listener.port)
         elif kind == "tcp":
             async def tcp_handler(stream: trio.SocketStream) -> None:
@@ -214,7 +216,10 @@ async def open_client(kind: str, port: int, certs: str, params: dict[str, Any], 
                       tickets: SessionTicketStore | None = None,
                       wait_connected: bool = True, mux: bool = False) -> AsyncIterator[Client]:
     if kind == "midswarm":
-        async with connect_quic(HOST, port, tls=ClientTLS(certs_paths(certs)["ca"]),
+        paths = certs_paths(certs)
+        tls = (ClientTLS(paths["ca"], paths["client_cert"], paths["client_key"])
+               if params.get("mutual_tls") else ClientTLS(paths["ca"]))
+        async with connect_quic(HOST, port, tls=tls,
                                 config=quic_config(params), session_tickets=tickets,
                                 wait_connected=wait_connected) as conn:
             yield Client(kind, conn=conn)
