@@ -70,15 +70,24 @@ QUIC_KINDS = ("midswarm", "aioquic")
 
 # --- sections ------------------------------------------------------------------------
 
+def with_midswarm_variant(kinds: tuple[str, ...], label: str, extra: dict[str, Any]
+                          ) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(kind, label, extra params)`` runs of a section: each peer as shipped,
+    and midswarm once more right after itself with ``extra`` given to its
+    server and client, its rows tagged ``label``."""
+    runs: list[tuple[str, str, dict[str, Any]]] = [(kind, "", {}) for kind in kinds]
+    if "midswarm" in kinds:
+        runs.insert(kinds.index("midswarm") + 1, ("midswarm", label, extra))
+    return runs
+
+
 def section_rtt(b: Bench, s: dict[str, Any]) -> None:
     params = {"size": 400, "warmup": s["rtt_warmup"], "count": s["rtt_count"],
               "time_limit": 60}
     # midswarm a second time with busy polling off (server and client), to show
     # what that wait strategy buys: the peers block in the kernel as they come.
-    runs = [(kind, "", {}) for kind in b.kinds]
-    if "midswarm" in b.kinds:
-        runs.insert(b.kinds.index("midswarm") + 1, ("midswarm", ", busy_poll=0", {"busy_poll": 0}))
-    for kind, label, extra in runs:
+    for kind, label, extra in with_midswarm_variant(b.kinds, ", busy_poll=0",
+                                                    {"busy_poll": 0}):
         def run(kind: str = kind, extra: dict[str, Any] = extra) -> dict[str, Any]:
             with b.server(kind, extra) as (port, srv):
                 return b.client(kind, "rtt", port, {**params, **extra, "server_pid": srv.pid})
@@ -124,31 +133,28 @@ def section_handshake(b: Bench, s: dict[str, Any]) -> None:
     # a certificate); a resumed one skips both certificates.  Only midswarm
     # runs it: aioquic's server can ask for a client certificate (a switch
     # its code calls test-only) but does not verify it.
-    runs = [(kind, False) for kind in b.kinds]
-    if "midswarm" in b.kinds:
-        runs.insert(runs.index(("midswarm", False)) + 1, ("midswarm", True))
-    for kind, mutual in runs:
+    for kind, label, extra in with_midswarm_variant(b.kinds, ", mutual TLS",
+                                                  {"mutual_tls": True}):
         modes = ["full", "resumed"] if kind in QUIC_KINDS else ["full"]
-        tag = ", mutual TLS" if mutual else ""
-        params: dict[str, Any] = {"count": count, "modes": modes, "time_limit": 60,
-                                  "mutual_tls": mutual}
+        params = {"count": count, "modes": modes, "time_limit": 60, **extra}
 
-        def run(kind: str = kind, params: dict[str, Any] = params) -> dict[str, Any]:
-            with b.server(kind, {"mutual_tls": params["mutual_tls"]}) as (port, _):
+        def run(kind: str = kind, params: dict[str, Any] = params,
+                extra: dict[str, Any] = extra) -> dict[str, Any]:
+            with b.server(kind, extra) as (port, _):
                 return b.client(kind, "handshake", port, params)
-        r = b.attempt(f"handshake {kind}{tag}", run)
+        r = b.attempt(f"handshake {kind}{label}", run)
         if r is None:
             continue
         for mode in modes:
             what = "full handshake" if mode == "full" else "0-RTT resumed"
-            b.put(f"connect->first reply, {what}{tag}, p50 (ms)", kind,
+            b.put(f"connect->first reply, {what}{label}, p50 (ms)", kind,
                   r[mode]["p50_us"] / 1000, higher_better=False)
         if kind in QUIC_KINDS:
-            b.put(f"0-RTT resumed / full handshake{tag}, p50s", kind,
+            b.put(f"0-RTT resumed / full handshake{label}, p50s", kind,
                   r["resumed"]["p50_us"] / r["full"]["p50_us"], higher_better=False)
             for mode in modes:
                 b.notes.append(
-                    f"handshake {kind}{tag} {mode}: {r[mode]['connections']} connections, "
+                    f"handshake {kind}{label} {mode}: {r[mode]['connections']} connections, "
                     f"{r[mode]['resumed']} resumed, {r[mode]['early_data']} with 0-RTT "
                     "data accepted")
     b.notes.append("handshake: full and resumed connections take turns against one server "
