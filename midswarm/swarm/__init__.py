@@ -31,6 +31,8 @@ from ._agents import (
     StrategyCorrelator,
     rank_correlation,
 )
+from ._client import RemoteCoordinator, connect_coordinator
+from ._client_protocol import StatusReport
 from ._config import ConfigError, CoordinatorConfig, SwarmConfig, load_config
 from ._coordinator import AgentInfo, Coordinator, CoordinatorStats, open_coordinator
 from ._demo import DemoOptions, run_demo
@@ -38,8 +40,10 @@ from ._demo_stats import DemoSummary
 from ._embed import Swarm, open_swarm
 from ._errors import (
     AgentRefused,
+    ClientRefused,
     CoordinatorClosed,
     NoAgentAvailable,
+    RemoteError,
     SwarmError,
     TaskTimeout,
     TaskUndeliverable,
@@ -101,6 +105,7 @@ __all__ = [
     "AgentInfo",
     "AgentRefused",
     "BadRow",
+    "ClientRefused",
     "ConfigError",
     "Coordinator",
     "CoordinatorClosed",
@@ -130,8 +135,11 @@ __all__ = [
     "PatternMatcher",
     "ReasoningBankActor",
     "Refused",
+    "RemoteCoordinator",
+    "RemoteError",
     "Scatter",
     "StaleGradientsError",
+    "StatusReport",
     "StrategyCorrelation",
     "StrategyCorrelator",
     "StreamBind",
@@ -145,6 +153,7 @@ __all__ = [
     "Verdicts",
     "Welcome",
     "check_matcher_parameters",
+    "connect_coordinator",
     "default_bank_path",
     "load_config",
     "load_csv",

@@ -29,14 +29,10 @@ import math
 import os
 import tempfile
 from collections.abc import (
-    AsyncGenerator,
-    AsyncIterable,
     AsyncIterator,
-    Awaitable,
-    Iterable,
     Mapping,
 )
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -57,7 +53,7 @@ from ._config import CoordinatorConfig, check_parameters
 from ._delivery import Dispatcher
 from ._errors import CoordinatorClosed, TaskTimeout
 from ._learning import LearningCounters, Predictions, route_adaptation
-from ._mapping import map_tasks
+from ._mapping import TaskMapping
 from ._membership import Membership
 from ._protocol import (
     TASK_AGENT_TYPES,
@@ -77,7 +73,7 @@ log = logging.getLogger("midswarm.swarm")
 _WHOLE_PARAMETERS = ("window", "k")
 
 
-class Coordinator(Membership):
+class Coordinator(Membership, TaskMapping):
     """A running coordinator; get one from :func:`open_coordinator`."""
 
     def __init__(self, config: CoordinatorConfig, parameters: Mapping[str, Any],
@@ -183,43 +179,10 @@ class Coordinator(Membership):
         self._predictions.remember(task_id, answer.result, answer.contributors)
         return answer.result
 
-    async def map(self, tasks: Iterable[Any] | AsyncIterable[Any], *,
-                  concurrency: int = 64, ordered: bool = False, timeout: float | None = None,
-                  return_exceptions: bool = False) -> AsyncGenerator[Any, None]:
-        """Submit every task and yield the results.
-
-        At most ``concurrency`` tasks are submitted at once (and each waits for
-        a credit, so the agents' credits bound what is really in flight); the
-        iterable is read lazily.  Results come in completion order, or in
-        input order with ``ordered=True`` (then up to ``concurrency`` finished
-        results wait for an earlier one).  A task's error is raised from the
-        iteration -- after which the remaining tasks are abandoned -- or, with
-        ``return_exceptions=True``, yielded in place of its result.
-        ``timeout`` applies to each task.  Leaving the loop early abandons the
-        tasks not yet done: close the iterator promptly (``async with
-        contextlib.aclosing(coord.map(...))``) to stop submitting at once.
-        """
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+    def _map_nursery(self) -> trio.Nursery:
         self._check_open()
         assert self._nursery is not None
-
-        def submit(task: Any, limit: float | None) -> Awaitable[Any]:
-            return self.submit(task, timeout=limit)
-
-        async with aclosing(map_tasks(submit, self._nursery, tasks, concurrency=concurrency,
-                                      ordered=ordered, timeout=timeout,
-                                      return_exceptions=return_exceptions)) as results:
-            async for result in results:
-                yield result
-
-    async def gather(self, tasks: Iterable[Any] | AsyncIterable[Any], *,
-                     timeout: float | None = None, concurrency: int = 64) -> list[Any]:
-        """Every task's result, in task order (``map(..., ordered=True)`` into a
-        list); raises the first task error.  Shaped like the ``scatter`` a
-        :class:`~midswarm.swarm.ParameterServer` takes."""
-        return [result async for result in self.map(tasks, ordered=True, timeout=timeout,
-                                                    concurrency=concurrency)]
+        return self._nursery
 
     # -- public: the pattern library and the learning loop ------------------------------
 

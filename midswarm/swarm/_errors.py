@@ -9,8 +9,10 @@ from __future__ import annotations
 
 __all__ = [
     "AgentRefused",
+    "ClientRefused",
     "CoordinatorClosed",
     "NoAgentAvailable",
+    "RemoteError",
     "SwarmError",
     "TaskTimeout",
     "TaskUndeliverable",
@@ -35,6 +37,31 @@ class AgentRefused(SwarmError):
 
     def __str__(self) -> str:
         return f"the coordinator refused the agent: {self.reason}"
+
+
+class ClientRefused(SwarmError):
+    """The coordinator refused a client's hello (wrong protocol version, id not
+    matching the certificate, shutting down)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"the coordinator refused the client: {self.reason}"
+
+
+class RemoteError(SwarmError):
+    """A request to a remote coordinator failed with an exception the client
+    does not rebuild (``error_type`` names it, ``message`` is its text)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(error_type, message)
+        self.error_type = error_type
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"the coordinator failed the request: {self.error_type}: {self.message}"
 
 
 class NoAgentAvailable(SwarmError):

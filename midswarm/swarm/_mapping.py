@@ -18,12 +18,13 @@ from collections.abc import (
     Callable,
     Iterable,
 )
+from contextlib import aclosing
 from typing import Any
 
 import outcome
 import trio
 
-__all__ = ["map_tasks"]
+__all__ = ["TaskMapping", "map_tasks"]
 
 Submit = Callable[[Any, float | None], Awaitable[Any]]
 
@@ -118,3 +119,54 @@ async def map_tasks(submit: Submit, nursery: trio.Nursery,
                         yield item.unwrap()
     finally:
         scope.cancel()
+
+
+class TaskMapping:
+    """``map`` and ``gather`` over a class's ``submit``: shared by the embedded
+    :class:`~midswarm.swarm.Coordinator` and the remote
+    :class:`~midswarm.swarm.RemoteCoordinator`."""
+
+    async def submit(self, task: Any, *, timeout: float | None = None,
+                     agent: str | None = None) -> Any:
+        raise NotImplementedError
+
+    def _map_nursery(self) -> trio.Nursery:
+        """Where ``map`` runs its feeder; raises if closed."""
+        raise NotImplementedError
+
+    async def map(self, tasks: Iterable[Any] | AsyncIterable[Any], *,
+                  concurrency: int = 64, ordered: bool = False, timeout: float | None = None,
+                  return_exceptions: bool = False) -> AsyncGenerator[Any, None]:
+        """Submit every task and yield the results.
+
+        At most ``concurrency`` tasks are submitted at once (and each waits for
+        a credit, so the agents' credits bound what is really in flight); the
+        iterable is read lazily.  Results come in completion order, or in
+        input order with ``ordered=True`` (then up to ``concurrency`` finished
+        results wait for an earlier one).  A task's error is raised from the
+        iteration -- after which the remaining tasks are abandoned -- or, with
+        ``return_exceptions=True``, yielded in place of its result.
+        ``timeout`` applies to each task.  Leaving the loop early abandons the
+        tasks not yet done: close the iterator promptly (``async with
+        contextlib.aclosing(coord.map(...))``) to stop submitting at once.
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        nursery = self._map_nursery()
+
+        def submit(task: Any, limit: float | None) -> Awaitable[Any]:
+            return self.submit(task, timeout=limit)
+
+        async with aclosing(map_tasks(submit, nursery, tasks, concurrency=concurrency,
+                                      ordered=ordered, timeout=timeout,
+                                      return_exceptions=return_exceptions)) as results:
+            async for result in results:
+                yield result
+
+    async def gather(self, tasks: Iterable[Any] | AsyncIterable[Any], *,
+                     timeout: float | None = None, concurrency: int = 64) -> list[Any]:
+        """Every task's result, in task order (``map(..., ordered=True)`` into a
+        list); raises the first task error.  Shaped like the ``scatter`` a
+        :class:`~midswarm.swarm.ParameterServer` takes."""
+        return [result async for result in self.map(tasks, ordered=True, timeout=timeout,
+                                                    concurrency=concurrency)]

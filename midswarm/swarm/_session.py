@@ -49,6 +49,8 @@ from ..transport import (
     decode,
     encode,
 )
+from ._client_protocol import ClientHello
+from ._gateway import check_client_hello, serve_client
 from ._protocol import (
     AGENT_TYPES,
     Ack,
@@ -311,7 +313,7 @@ class AgentSession:
 
 async def _refuse(control: MessageStream, conn: Any, reason: str,
                   retry_after: float | None = None) -> None:
-    log.warning("refused an agent: %s", reason)
+    log.warning("refused a connection: %s", reason)
     try:
         with trio.move_on_after(2.0):
             await control.send_message(encode(Refused(reason, retry_after)))
@@ -354,9 +356,21 @@ async def _serve(coord: Coordinator, conn: Any, trusted: bool) -> None:
         conn.close(_CLOSE_PROTOCOL, "no hello in time")
         return
     try:
-        hello = decode(raw, AgentHello)
+        hello = decode(raw)
+        if not isinstance(hello, AgentHello | ClientHello):
+            raise ProtocolError(f"got {type(hello).__name__}")
     except ProtocolError as exc:
-        await _refuse(control, conn, f"the first message must be a valid AgentHello: {exc}")
+        await _refuse(control, conn, "the first message must be a valid AgentHello "
+                                     f"or ClientHello: {exc}")
+        return
+    if isinstance(hello, ClientHello):
+        reason = check_client_hello(hello, conn.peer_identity, trusted)
+        if reason is None and coord.closing:
+            reason = "the coordinator is shutting down"
+        if reason is not None:
+            await _refuse(control, conn, reason)
+            return
+        await serve_client(coord, conn, control, hello)
         return
     reason = check_hello(hello, conn.peer_identity, trusted)
     if reason is not None:
