@@ -94,6 +94,7 @@ class RemoteCoordinator(TaskMapping):
         self._conn = conn
         self._nursery = nursery
         self._closed_reason: str | None = None
+        self._closed_event = trio.Event()
         #: id(result) -> (a weak ref to it, its task id): the pattern-match
         #: answers this client may still report an outcome for.
         self._task_ids: dict[int, tuple[weakref.ref[PatternMatchResult], int]] = {}
@@ -103,9 +104,17 @@ class RemoteCoordinator(TaskMapping):
         """Whether the coordinator ended the session (or the connection broke)."""
         return self._closed_reason is not None
 
+    async def wait_closed(self) -> str:
+        """Wait until the session is over (the coordinator shut down, the
+        connection broke, or the block was left); return why."""
+        await self._closed_event.wait()
+        assert self._closed_reason is not None
+        return self._closed_reason
+
     def _close(self, reason: str) -> None:
         if self._closed_reason is None:
             self._closed_reason = reason
+            self._closed_event.set()
 
     def _closed_error(self) -> CoordinatorClosed:
         reason = self._closed_reason

@@ -135,7 +135,8 @@ async def _serve_request(stream: Any, coord: Coordinator, client_id: str) -> Non
             reply = failure_reply(exc)
         nursery.cancel_scope.cancel()
     if reply is None:
-        return  # abandoned by the client
+        log.debug("client %s abandoned a %s request", client_id, type(body).__name__)
+        return
     try:
         await ms.send_message(encode(reply))
         if reply.ok:

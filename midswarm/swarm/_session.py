@@ -5,7 +5,10 @@ Theory of operation
 :func:`serve_connection` runs for every connection (QUIC or in-memory):
 
 1. **Hello.**  The first stream the agent opens is the control stream; its
-   first message must be :class:`AgentHello`.  It is refused (with
+   first message must be :class:`AgentHello` -- or :class:`ClientHello`, from
+   a program that submits work, whose connection is then served by
+   :func:`~midswarm.swarm._gateway.serve_client` (same refusals, same
+   identity rule; the rest of this list is about agents).  It is refused (with
    :class:`Refused` naming the reason, then the connection closes) when the
    bytes are not a hello, the protocol version differs, an agent type is
    unknown or repeated, the id does not match the identity the connection

@@ -1,0 +1,245 @@
+"""Remote clients of a coordinator (``connect_coordinator``) over real QUIC:
+agents and the client as tasks of this process, each with its own certificate."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from midswarm.actors import Actor, ActorFailed
+from midswarm.swarm import (
+    ClientRefused,
+    Coordinator,
+    CoordinatorClosed,
+    CoordinatorConfig,
+    FeatureBlock,
+    FeatureTask,
+    PatternMatchResult,
+    PatternMatchTask,
+    RemoteError,
+    TaskTimeout,
+    connect_coordinator,
+    open_coordinator,
+    run_agent,
+)
+from midswarm.swarm._client import rebuild_error
+from midswarm.swarm._client_protocol import ClientHello, ClientReply, ClientRequest
+from midswarm.transport import (
+    FRAMING_ERROR_CODE,
+    PROTOCOL_VERSION,
+    ClientTLS,
+    MessageStream,
+    ServerTLS,
+    connect_quic,
+    decode,
+    encode,
+)
+
+
+class Features(Actor):
+    """A feature engineer that doubles its input, sleeps when told to
+    (``params["sleep"]``) and fails when told to (``params["fail"]``)."""
+
+    def __init__(self, agent_id: str, parameters: dict[str, Any]) -> None:
+        self.agent_id = agent_id
+
+    async def handle(self, msg: Any) -> Any:
+        if msg.params.get("fail"):
+            raise ValueError("told to fail")
+        await trio.sleep(msg.params.get("sleep", 0))
+        return FeatureBlock(names=[self.agent_id], values=np.asarray(msg.ohlcv) * 2)
+
+
+def tls_for(certs: Path, name: str) -> ClientTLS:
+    return ClientTLS(certs / "ca.pem", cert=certs / f"{name}.pem", key=certs / f"{name}.key")
+
+
+@asynccontextmanager
+async def coordinator_with(certs: Path, agents: dict[str, list[str]],
+                           factories: dict[str, Any] | None = None,
+                           config: CoordinatorConfig | None = None
+                           ) -> AsyncIterator[Coordinator]:
+    """A coordinator on loopback QUIC (client certificates required) and
+    ``agents`` (id -> types) connected to it as tasks of this process."""
+    tls = ServerTLS(certs / "coordinator.pem", certs / "coordinator.key", ca=certs / "ca.pem",
+                    require_client_cert=True)
+    async with open_coordinator(tls=tls, config=config) as coord, \
+            trio.open_nursery() as nursery:
+        assert coord.port is not None
+        for agent_id, types in agents.items():
+            await nursery.start(functools.partial(
+                run_agent, ("127.0.0.1", coord.port), agent_id, types,
+                tls=tls_for(certs, agent_id), factories=factories))
+        await coord.wait_for_agents(list(agents), timeout=60)
+        yield coord
+        await coord.shutdown()
+        nursery.cancel_scope.cancel()
+
+
+def address(coord: Coordinator) -> tuple[str, int]:
+    assert coord.port is not None
+    return ("127.0.0.1", coord.port)
+
+
+async def test_a_client_submits_maps_and_reads_status(certs: Path) -> None:
+    async with coordinator_with(certs, {"a1": ["feature_engineer"]},
+                                {"feature_engineer": Features}) as coord, \
+            connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2")) as client:
+        assert client.coordinator_id == coord.coordinator_id
+        block = await client.submit(FeatureTask(ohlcv=np.ones((2, 5))))
+        assert block.names == ["a1"] and block.values.shape == (2, 5)
+        assert np.all(block.values == 2)
+
+        tasks = [FeatureTask(ohlcv=np.full((1, 5), float(i))) for i in range(40)]
+        ordered = await client.gather(tasks, concurrency=8)
+        assert [float(b.values[0, 0]) for b in ordered] == [2.0 * i for i in range(40)]
+        unordered = [b async for b in client.map(tasks, concurrency=16)]
+        assert sorted(float(b.values[0, 0]) for b in unordered) == [2.0 * i for i in range(40)]
+
+        report = await client.status()
+        assert report.coordinator_id == coord.coordinator_id
+        assert report.agents["a1"].state == "connected"
+        assert report.agents["a1"].types == ("feature_engineer",)
+        assert report.stats.completed == 81 == coord.stats.completed
+
+
+async def test_failures_come_back_as_the_same_exceptions(certs: Path) -> None:
+    async with coordinator_with(certs, {"a1": ["feature_engineer"]},
+                                {"feature_engineer": Features}) as coord, \
+            connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2")) as client:
+        with pytest.raises(TaskTimeout) as timeout:
+            await client.submit(FeatureTask(np.ones((1, 5)), {"sleep": 5}), timeout=0.2)
+        assert timeout.value.timeout == 0.2
+        with pytest.raises(ActorFailed) as failed:
+            await client.submit(FeatureTask(np.ones((1, 5)), {"fail": True}))
+        assert failed.value.exc_type == "ValueError" and failed.value.message == "told to fail"
+        with pytest.raises(KeyError, match="not a pending prediction"):
+            await client.report_outcome(424242, 1.0)
+        with pytest.raises(ValueError, match="finite"):
+            await client.report_outcome(1, float("nan"))
+        with pytest.raises(TypeError, match="task message"):
+            await client.submit("not a task")
+        # The session survived every failure.
+        assert (await client.submit(FeatureTask(np.ones((1, 5))))).names == ["a1"]
+
+
+def test_unknown_or_misfitting_errors_become_remote_errors() -> None:
+    err = rebuild_error(ClientReply(False, error_type="ZeroDivisionError", message="boom"))
+    assert isinstance(err, RemoteError) and "ZeroDivisionError: boom" in str(err)
+    # A known class whose arguments do not fit is not guessed at.
+    err = rebuild_error(ClientReply(False, error_type="TaskTimeout", message="x", args=["a"]))
+    assert isinstance(err, RemoteError) and err.error_type == "TaskTimeout"
+    err = rebuild_error(ClientReply(False, error_type="TaskTimeout", message="", args=[7, 0.5]))
+    assert isinstance(err, TaskTimeout) and err.task_id == 7
+
+
+async def test_the_learning_loop_from_a_client(certs: Path) -> None:
+    rng = np.random.default_rng(5)
+    async with coordinator_with(certs, {"a1": ["pattern_matcher", "reasoning_bank"]}) as coord, \
+            connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2")) as client:
+        vectors = rng.standard_normal((60, 24)).cumsum(axis=1)
+        ids = await client.add_patterns(vectors, rng.standard_normal(60))
+        assert len(ids) == 60 and len(set(ids)) == 60
+        result = await client.submit(PatternMatchTask(vectors[7] + 0.01))
+        assert isinstance(result, PatternMatchResult)
+        assert result.matches[0].pattern_id == ids[7]
+        task_id = client.task_id_of(result)
+        assert task_id is not None
+        verdicts = await client.report_outcome(result, 0.25)
+        assert len(verdicts) == 1
+        assert client.task_id_of(result) is None
+        with pytest.raises(KeyError):  # reported once only, on either side
+            await client.report_outcome(result, 0.25)
+        with pytest.raises(KeyError):
+            await client.report_outcome(task_id, 0.25)
+        assert coord.stats.experiences == 1
+
+
+async def test_a_client_id_not_matching_its_certificate_is_refused(certs: Path) -> None:
+    async with coordinator_with(certs, {}) as coord:
+        with pytest.raises(ClientRefused, match="does not match the identity"):
+            async with connect_coordinator(address(coord), "a1", tls=tls_for(certs, "a2")):
+                pass  # pragma: no cover
+        async with connect_quic("127.0.0.1", address(coord)[1], tls=tls_for(certs, "a2")) as conn:
+            control = MessageStream(await conn.open_stream())
+            await control.send_message(encode(ClientHello("a2", version=PROTOCOL_VERSION + 1)))
+            refused = decode(await control.receive_message())
+            assert "protocol version" in refused.reason
+        # The coordinator still takes well-behaved clients.
+        async with connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2")) as client:
+            assert (await client.status()).agents == {}
+
+
+async def test_a_malformed_request_resets_only_its_stream(certs: Path) -> None:
+    async with coordinator_with(certs, {"a1": ["feature_engineer"]},
+                                {"feature_engineer": Features}) as coord, \
+            connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2")) as client:
+        conn = client._conn
+        for body in (b"\x92garbage", encode(ClientHello("a2"))):
+            ms = MessageStream(await conn.open_stream())
+            await ms.send_message(encode(ClientRequest()))
+            await ms.send_message(body)
+            with pytest.raises(trio.BrokenResourceError) as broken:
+                await ms.receive_message()
+            assert str(FRAMING_ERROR_CODE) in str(broken.value) or \
+                hex(FRAMING_ERROR_CODE) in str(broken.value)
+        assert (await client.submit(FeatureTask(np.ones((1, 5))))).names == ["a1"]
+        assert not client.closed
+
+
+async def test_a_cancelled_submit_is_abandoned_on_the_coordinator(
+        certs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="midswarm.swarm")
+    async with coordinator_with(certs, {"a1": ["feature_engineer"]},
+                                {"feature_engineer": Features}) as coord, \
+            connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2")) as client:
+        with trio.move_on_after(0.3) as scope:
+            await client.submit(FeatureTask(np.ones((1, 5)), {"sleep": 1.0}))
+        assert scope.cancelled_caught
+        with trio.fail_after(5):
+            while "client a2 abandoned a FeatureTask request" not in caplog.text:
+                await trio.sleep(0.01)
+        assert (await client.submit(FeatureTask(np.ones((1, 5))))).names == ["a1"]
+
+
+async def test_shutdown_finishes_requests_in_flight_then_ends_the_session(
+        certs: Path) -> None:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def run_coordinator(task_status: trio.TaskStatus[Coordinator]) -> None:
+            async with coordinator_with(certs, {"a1": ["feature_engineer"]},
+                                        {"feature_engineer": Features}) as coord:
+                task_status.started(coord)
+                await stop.wait()
+
+        coord = await nursery.start(run_coordinator)
+        async with connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2")) as client:
+            results: list[Any] = []
+            async with trio.open_nursery() as requests:
+
+                async def slow() -> None:
+                    results.append(await client.submit(
+                        FeatureTask(np.ones((1, 5)), {"sleep": 0.5})))
+
+                requests.start_soon(slow)
+                await trio.sleep(0.2)
+                await coord.shutdown()  # graceful: the task in flight finishes
+            assert [r.names for r in results] == [["a1"]]
+            with pytest.raises(CoordinatorClosed, match="shutting down"):
+                await client.submit(FeatureTask(np.ones((1, 5))))
+            assert not client.closed
+            stop.set()  # the coordinator goes away: the client's session ends
+            with trio.fail_after(10):
+                assert "ended the session" in await client.wait_closed()
+            assert client.closed
+            with pytest.raises(CoordinatorClosed, match="session is over"):
+                await client.submit(FeatureTask(np.ones((1, 5))))
