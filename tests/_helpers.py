@@ -11,6 +11,8 @@ import functools
 import hashlib
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +33,30 @@ from midswarm.transport import (
 )
 
 Handler = Callable[[QuicConnection], Awaitable[object]]
+
+
+@asynccontextmanager
+async def coordinator_process(certs: Path) -> AsyncIterator[tuple[trio.Process, int]]:
+    """``midswarm coordinator`` in its own process on a free port (client
+    certificates required): yields it and its port once it listens; killed
+    afterwards if still running."""
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "midswarm", "coordinator", "--certs", str(certs), "--port", "0",
+         "--status-interval", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = b""
+        with trio.fail_after(60):
+            while not line.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(1)
+                assert chunk, "the coordinator exited before printing its address"
+                line += chunk
+        assert b"listening on 127.0.0.1:" in line
+        yield proc, int(line.split(b"127.0.0.1:")[1].split()[0])
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 # --- TLS settings from the ``certs`` fixture ------------------------------------------

@@ -4,7 +4,9 @@ agents and the client as tasks of this process, each with its own certificate.""
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+from _helpers import coordinator_process
 
 from midswarm.actors import Actor, ActorFailed
 from midswarm.swarm import (
@@ -243,3 +246,29 @@ async def test_shutdown_finishes_requests_in_flight_then_ends_the_session(
             assert client.closed
             with pytest.raises(CoordinatorClosed, match="session is over"):
                 await client.submit(FeatureTask(np.ones((1, 5))))
+
+
+async def test_work_submitted_to_a_coordinator_process_and_its_status_command(
+        certs: Path) -> None:
+    async with coordinator_process(certs) as (proc, port), trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(
+            run_agent, ("127.0.0.1", port), "a1", ["feature_engineer"],
+            tls=tls_for(certs, "a1"), factories={"feature_engineer": Features}))
+        async with connect_coordinator(("127.0.0.1", port), "a2",
+                                       tls=tls_for(certs, "a2")) as client:
+            assert "a1" in (await client.status()).agents  # run_agent started: welcomed
+            blocks = await client.gather([FeatureTask(np.full((1, 5), 3.0))] * 5)
+            assert [b.names for b in blocks] == [["a1"]] * 5
+        command = [sys.executable, "-m", "midswarm", "status", "--coordinator",
+                   f"127.0.0.1:{port}", "--certs", str(certs)]
+        out = await trio.run_process([*command, "--id", "a2", "--json"], capture_stdout=True)
+        report = json.loads(out.stdout)
+        assert report["coordinator_id"] == "coordinator"
+        assert report["agents"]["a1"]["state"] == "connected"
+        assert report["stats"]["completed"] == 5
+        text = await trio.run_process([*command, "--id", "a2"], capture_stdout=True)
+        assert b"1/1 agents connected; tasks: 5 done" in text.stdout
+        refused = await trio.run_process([*command, "--id", "nobody"], capture_stderr=True,
+                                         check=False)
+        assert refused.returncode == 2 and b"nobody.pem" in refused.stderr
+        nursery.cancel_scope.cancel()

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+from _helpers import coordinator_process
 
 from midswarm.actors import Actor
 from midswarm.swarm import (
@@ -153,19 +154,7 @@ k = 12
 
 
 async def test_coordinator_command_serves_agents_and_drains_them_on_sigint(certs: Path) -> None:
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "midswarm", "coordinator", "--certs", str(certs), "--port", "0",
-         "--status-interval", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        line = b""
-        with trio.fail_after(60):
-            while not line.endswith(b"\n"):
-                chunk = await proc.stdout.receive_some(1)
-                assert chunk, "the coordinator exited before printing its address"
-                line += chunk
-        assert b"listening on 127.0.0.1:" in line
-        port = int(line.split(b"127.0.0.1:")[1].split()[0])
+    async with coordinator_process(certs) as (proc, port):
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 await nursery.start(functools.partial(
@@ -174,10 +163,6 @@ async def test_coordinator_command_serves_agents_and_drains_them_on_sigint(certs
                 proc.send_signal(signal.SIGINT)
                 # run_agent returns by itself: the coordinator drained it.
             assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 def test_agent_command_rejects_bad_arguments(certs: Path) -> None:

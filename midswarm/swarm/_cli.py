@@ -1,9 +1,10 @@
-"""``midswarm coordinator`` and ``midswarm agent``."""
+"""``midswarm coordinator``, ``midswarm agent`` and ``midswarm status``."""
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import signal
@@ -14,9 +15,9 @@ import trio
 
 from .._util import open_service_nursery, use_batch_scheduling
 from ..cli import command
-from ..transport import ClientTLS, ServerTLS, SessionTicketStore
+from ..transport import ClientTLS, ConnectionClosed, ServerTLS, SessionTicketStore, converter
 from ._config import ConfigError, SwarmConfig, check_composition, load_config
-from ._errors import AgentRefused
+from ._errors import AgentRefused, ClientRefused
 
 log = logging.getLogger("midswarm.swarm")
 
@@ -168,6 +169,13 @@ def _agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info")
 
 
+def _client_tls(certs: str, ident: str, server_name: str, what: str) -> ClientTLS:
+    return ClientTLS(_need(os.path.join(certs, "ca.pem"), "CA certificate"),
+                     cert=_need(os.path.join(certs, f"{ident}.pem"), f"{what} certificate"),
+                     key=_need(os.path.join(certs, f"{ident}.key"), f"{what} key"),
+                     server_name=server_name)
+
+
 async def _watch_stdin(scope: trio.CancelScope) -> None:
     stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     async with stream:
@@ -188,11 +196,7 @@ async def _run_agent(args: argparse.Namespace, cfg: SwarmConfig) -> int:
                               f"cannot run on those CPUs ({exc})") from None
     if args.batch_scheduling and not use_batch_scheduling():
         log.info("--batch-scheduling: SCHED_BATCH is not available here; running as usual")
-    certs = args.certs
-    tls = ClientTLS(_need(os.path.join(certs, "ca.pem"), "CA certificate"),
-                    cert=_need(os.path.join(certs, f"{args.agent_id}.pem"), "agent certificate"),
-                    key=_need(os.path.join(certs, f"{args.agent_id}.key"), "agent key"),
-                    server_name=args.server_name)
+    tls = _client_tls(args.certs, args.agent_id, args.server_name, "agent")
     tickets = SessionTicketStore(args.tickets) if args.tickets else None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_service_nursery() as nursery:
@@ -227,4 +231,59 @@ def agent(args: argparse.Namespace) -> int:
         return _EXIT_REFUSED
     except ConnectionError as exc:
         print(f"midswarm agent: {exc}", file=sys.stderr)
+        return 1
+
+
+# --- midswarm status ------------------------------------------------------------------
+
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator", required=True, type=_parse_address, metavar="HOST:PORT",
+                   help="the coordinator's address")
+    p.add_argument("--id", required=True, dest="client_id",
+                   help="client id (must match the certificate's name)")
+    p.add_argument("--certs", required=True,
+                   help="directory with ca.pem and <id>.pem/<id>.key")
+    p.add_argument("--server-name", default="localhost",
+                   help="name the coordinator's certificate must carry (default localhost)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _format_status(report: Any) -> str:
+    lines = [f"coordinator {report.coordinator_id!r}: {_status_line(report)}"]
+    for agent_id, info in sorted(report.agents.items()):
+        busy = sum(info.in_flight.values())
+        lines.append(f"  {agent_id:<16} {info.state:<12} {','.join(info.types):<32} "
+                     f"in flight {busy}, done {info.completed}, failed {info.failed}, "
+                     f"sessions {info.sessions}, restarts {info.restarts}")
+    return "\n".join(lines)
+
+
+async def _run_status(args: argparse.Namespace) -> int:
+    from ._client import connect_coordinator
+
+    tls = _client_tls(args.certs, args.client_id, args.server_name, "client")
+    async with connect_coordinator(args.coordinator, args.client_id, tls=tls) as client:
+        report = await client.status()
+    if args.json:
+        print(json.dumps(converter.unstructure(report), indent=2, sort_keys=True))
+    else:
+        print(_format_status(report))
+    return 0
+
+
+@command("status", "Ask a running coordinator for its agents and counters (as a client).",
+         _status_args)
+def status(args: argparse.Namespace) -> int:
+    _setup_logging("warning")
+    try:
+        return trio.run(_run_status, args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"midswarm status: {exc}", file=sys.stderr)
+        return _EXIT_USAGE
+    except ClientRefused as exc:
+        print(f"midswarm status: {exc}", file=sys.stderr)
+        return _EXIT_REFUSED
+    except (ConnectionError, ConnectionClosed, TimeoutError) as exc:
+        print(f"midswarm status: {exc}", file=sys.stderr)
         return 1
