@@ -7,9 +7,10 @@ Embedded in one Trio program::
         result = await swarm.submit(PatternMatchTask(window))
         verdicts = await swarm.report_outcome(result, actual)
 
-Across processes and hosts: :func:`open_coordinator` with a
-:class:`~midswarm.transport.ServerTLS` on one side, :func:`run_agent` (or
-``midswarm agent``) on the others.
+Across processes and hosts: :func:`open_coordinator` (or ``midswarm
+coordinator``) with a :class:`~midswarm.transport.ServerTLS` on one side,
+:func:`run_agent` (or ``midswarm agent``) on the others, and programs that
+submit work as its clients through :func:`connect_coordinator`.
 """
 
 from ._agent_bank import default_bank_path
