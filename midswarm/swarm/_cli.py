@@ -143,17 +143,22 @@ def coordinator(args: argparse.Namespace) -> int:
 # --- midswarm agent -------------------------------------------------------------------
 
 
-def _agent_args(p: argparse.ArgumentParser) -> None:
+def _peer_args(p: argparse.ArgumentParser, kind: str) -> None:
+    """The arguments of a command that connects to a coordinator as ``kind``."""
     p.add_argument("--coordinator", required=True, type=_parse_address, metavar="HOST:PORT",
                    help="the coordinator's address")
-    p.add_argument("--id", required=True, dest="agent_id",
-                   help="agent id (must match the certificate's name)")
-    p.add_argument("--types", required=True,
-                   help="comma-separated agent types, e.g. pattern_matcher,correlator")
+    p.add_argument("--id", required=True, dest=f"{kind}_id",
+                   help=f"{kind} id (must match the certificate's name)")
     p.add_argument("--certs", required=True,
                    help="directory with ca.pem and <id>.pem/<id>.key")
     p.add_argument("--server-name", default="localhost",
                    help="name the coordinator's certificate must carry (default localhost)")
+
+
+def _agent_args(p: argparse.ArgumentParser) -> None:
+    _peer_args(p, "agent")
+    p.add_argument("--types", required=True,
+                   help="comma-separated agent types, e.g. pattern_matcher,correlator")
     p.add_argument("--config", help="TOML config file; its [parameters] are local defaults")
     p.add_argument("--tickets", help="file to keep TLS session tickets in (0-RTT reconnects "
                                      "across runs)")
@@ -238,14 +243,7 @@ def agent(args: argparse.Namespace) -> int:
 
 
 def _status_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--coordinator", required=True, type=_parse_address, metavar="HOST:PORT",
-                   help="the coordinator's address")
-    p.add_argument("--id", required=True, dest="client_id",
-                   help="client id (must match the certificate's name)")
-    p.add_argument("--certs", required=True,
-                   help="directory with ca.pem and <id>.pem/<id>.key")
-    p.add_argument("--server-name", default="localhost",
-                   help="name the coordinator's certificate must carry (default localhost)")
+    _peer_args(p, "client")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 

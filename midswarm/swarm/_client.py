@@ -48,6 +48,7 @@ from ._errors import (
     TaskTimeout,
     TaskUndeliverable,
 )
+from ._learning import prediction_task_id
 from ._mapping import TaskMapping
 from ._protocol import TASK_AGENT_TYPES, PatternMatchResult, Refused, Verdicts
 
@@ -206,16 +207,8 @@ class RemoteCoordinator(TaskMapping):
         or its task id); see :meth:`Coordinator.report_outcome`.  Raises
         :class:`KeyError` for a result this client did not get or already
         reported."""
-        if isinstance(prediction, PatternMatchResult):
-            task_id = self.task_id_of(prediction)
-            if task_id is None:
-                raise KeyError("this PatternMatchResult is not a pending prediction of this "
-                               "client (already reported, or not from its submit)")
-        elif isinstance(prediction, int) and not isinstance(prediction, bool):
-            task_id = prediction
-        else:
-            raise TypeError(f"expected a PatternMatchResult or a task id, got "
-                            f"{type(prediction).__name__}")
+        task_id = prediction_task_id(prediction, self.task_id_of,
+                                     "client (already reported, or not from its submit)")
         _, verdicts = await self._request(ReportOutcome(task_id, float(actual)))
         if not isinstance(verdicts, Verdicts):
             raise ProtocolError(f"expected Verdicts, got {type(verdicts).__name__}")

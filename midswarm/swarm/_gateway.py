@@ -1,8 +1,8 @@
 """The coordinator's side of a client connection (see ``_client_protocol.py``).
 
 :func:`serve_client` runs once :func:`~midswarm.swarm._session.serve_connection`
-has read a :class:`ClientHello` on the connection's first stream: it checks the
-hello (version, identity), answers :class:`ClientWelcome`, then serves every
+has read a :class:`ClientHello` on the connection's first stream and checked it
+(version, identity: ``check_peer``): it answers :class:`ClientWelcome`, then serves every
 request stream the client opens, each in its own task, until the client
 closes its control stream or the connection, or the coordinator shuts down.
 
@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..transport import (
-    PROTOCOL_VERSION,
     ConnectionClosed,
     MessageStream,
     ProtocolError,
@@ -49,7 +48,7 @@ from ._protocol import PatternMatchResult, Verdicts
 if TYPE_CHECKING:
     from ._coordinator import Coordinator
 
-__all__ = ["check_client_hello", "serve_client"]
+__all__ = ["failure_reply", "serve_client"]
 
 log = logging.getLogger("midswarm.swarm")
 
@@ -58,22 +57,6 @@ _STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfCh
 
 #: An exception argument that crosses the wire as it is; others go as text.
 _PLAIN = (type(None), bool, int, float, str)
-
-
-def check_client_hello(hello: ClientHello, identity: str | None, trusted: bool) -> str | None:
-    """The reason to refuse ``hello``, or ``None``."""
-    if hello.version != PROTOCOL_VERSION:
-        return (f"protocol version {hello.version!r} is not supported; this coordinator "
-                f"speaks version {PROTOCOL_VERSION}")
-    if not isinstance(hello.client_id, str) or not hello.client_id.strip():
-        return f"client_id must be a non-empty string, got {hello.client_id!r}"
-    if trusted:
-        if identity is None:
-            return "the connection carries no authenticated identity"
-        if identity != hello.client_id:
-            return (f"client id {hello.client_id!r} does not match the identity "
-                    f"{identity!r} of its certificate")
-    return None
 
 
 def failure_reply(exc: BaseException) -> ClientReply:

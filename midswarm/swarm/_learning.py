@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -62,6 +62,24 @@ def _flat_context(context: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def prediction_task_id(which: PatternMatchResult | int,
+                       task_id_of: Callable[[PatternMatchResult], int | None],
+                       whose: str) -> int:
+    """The task id ``which`` stands for: itself, or the id ``task_id_of``
+    knows for a result.  Raises :class:`KeyError` for a result it does not
+    know (the message ends with ``whose``) and :class:`TypeError` for
+    anything else."""
+    if isinstance(which, PatternMatchResult):
+        task_id = task_id_of(which)
+        if task_id is None:
+            raise KeyError(f"this PatternMatchResult is not a pending prediction of this "
+                           f"{whose}")
+        return task_id
+    if isinstance(which, int) and not isinstance(which, bool):
+        return which
+    raise TypeError(f"expected a PatternMatchResult or a task id, got {type(which).__name__}")
+
+
 class Predictions:
     """Pattern-match answers waiting for their outcome (at most ``capacity``)."""
 
@@ -92,16 +110,8 @@ class Predictions:
 
         Raises :class:`KeyError` if it is unknown, already reported, or forgotten.
         """
-        if isinstance(which, PatternMatchResult):
-            task_id = self.task_id_of(which)
-            if task_id is None:
-                raise KeyError("this PatternMatchResult is not a pending prediction of this "
-                               "coordinator (already reported, forgotten, or not from submit)")
-        elif isinstance(which, int) and not isinstance(which, bool):
-            task_id = which
-        else:
-            raise TypeError(f"expected a PatternMatchResult or a task id, got "
-                            f"{type(which).__name__}")
+        task_id = prediction_task_id(which, self.task_id_of, "coordinator (already reported, "
+                                     "forgotten, or not from submit)")
         prediction = self._by_task.pop(task_id, None)
         if prediction is None:
             raise KeyError(f"task {task_id} is not a pending prediction (unknown, already "

@@ -59,6 +59,7 @@ __all__ = [
     "TrainStep",
     "Verdicts",
     "Welcome",
+    "check_peer",
     "next_control_state",
 ]
 
@@ -386,3 +387,23 @@ def next_control_state(state: str, sender: str, msg: object) -> str:
     except KeyError:
         raise ProtocolError(
             f"{sender} may not send {type(msg).__name__} in control state {state}") from None
+
+
+def check_peer(version: object, kind: str, peer_id: object, identity: str | None,
+               trusted: bool) -> str | None:
+    """The reason to refuse a hello (an agent's or a client's: ``kind``) for its
+    protocol ``version``, its claimed ``peer_id``, or -- when the connection is
+    ``trusted`` to carry one (mutual TLS) -- that id not being the certificate's
+    ``identity``; ``None`` if none of these is wrong."""
+    if version != PROTOCOL_VERSION:
+        return (f"protocol version {version!r} is not supported; this coordinator "
+                f"speaks version {PROTOCOL_VERSION}")
+    if not isinstance(peer_id, str) or not peer_id.strip():
+        return f"{kind}_id must be a non-empty string, got {peer_id!r}"
+    if trusted:
+        if identity is None:
+            return "the connection carries no authenticated identity"
+        if identity != peer_id:
+            return (f"{kind} id {peer_id!r} does not match the identity "
+                    f"{identity!r} of its certificate")
+    return None

@@ -45,7 +45,6 @@ import trio
 
 from ..actors import ActorError, remote_ref
 from ..transport import (
-    PROTOCOL_VERSION,
     ConnectionClosed,
     MessageStream,
     ProtocolError,
@@ -53,7 +52,7 @@ from ..transport import (
     encode,
 )
 from ._client_protocol import ClientHello
-from ._gateway import check_client_hello, serve_client
+from ._gateway import serve_client
 from ._protocol import (
     AGENT_TYPES,
     Ack,
@@ -63,6 +62,7 @@ from ._protocol import (
     Refused,
     StreamBind,
     Welcome,
+    check_peer,
     next_control_state,
 )
 from ._proxy import RemoteActor
@@ -85,11 +85,9 @@ _CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, Connec
 
 def check_hello(hello: AgentHello, identity: str | None, trusted: bool) -> str | None:
     """The reason to refuse ``hello``, or ``None`` (the id's liveness aside)."""
-    if hello.version != PROTOCOL_VERSION:
-        return (f"protocol version {hello.version!r} is not supported; this coordinator "
-                f"speaks version {PROTOCOL_VERSION}")
-    if not isinstance(hello.agent_id, str) or not hello.agent_id.strip():
-        return f"agent_id must be a non-empty string, got {hello.agent_id!r}"
+    reason = check_peer(hello.version, "agent", hello.agent_id, identity, trusted)
+    if reason is not None:
+        return reason
     if not hello.agent_types:
         return "agent_types is empty: an agent must host at least one actor"
     unknown = [t for t in hello.agent_types if t not in AGENT_TYPES]
@@ -98,12 +96,6 @@ def check_hello(hello: AgentHello, identity: str | None, trusted: bool) -> str |
                 f"(known: {', '.join(AGENT_TYPES)})")
     if len(set(hello.agent_types)) != len(hello.agent_types):
         return f"agent_types lists a type twice: {hello.agent_types!r}"
-    if trusted:
-        if identity is None:
-            return "the connection carries no authenticated identity"
-        if identity != hello.agent_id:
-            return (f"agent id {hello.agent_id!r} does not match the identity "
-                    f"{identity!r} of its certificate")
     return None
 
 
@@ -367,7 +359,8 @@ async def _serve(coord: Coordinator, conn: Any, trusted: bool) -> None:
                                      f"or ClientHello: {exc}")
         return
     if isinstance(hello, ClientHello):
-        reason = check_client_hello(hello, conn.peer_identity, trusted)
+        reason = check_peer(hello.version, "client", hello.client_id, conn.peer_identity,
+                            trusted)
         if reason is None and coord.closing:
             reason = "the coordinator is shutting down"
         if reason is not None:
