@@ -20,6 +20,7 @@ from _helpers import coordinator_process
 from midswarm.actors import Actor, ActorFailed
 from midswarm.swarm import (
     ClientRefused,
+    ConfigError,
     Coordinator,
     CoordinatorClosed,
     CoordinatorConfig,
@@ -30,6 +31,7 @@ from midswarm.swarm import (
     RemoteError,
     TaskTimeout,
     connect_coordinator,
+    load_config,
     open_coordinator,
     run_agent,
 )
@@ -179,6 +181,22 @@ async def test_a_client_id_not_matching_its_certificate_is_refused(certs: Path) 
         # The coordinator still takes well-behaved clients.
         async with connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2")) as client:
             assert (await client.status()).agents == {}
+
+
+async def test_only_the_listed_clients_may_submit(certs: Path, tmp_path: Path) -> None:
+    config = CoordinatorConfig(clients=["a2"])
+    async with coordinator_with(certs, {}, config=config) as coord:
+        with pytest.raises(ClientRefused, match="'a1' may not submit work"):
+            async with connect_coordinator(address(coord), "a1", tls=tls_for(certs, "a1")):
+                pass  # pragma: no cover
+        async with connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2")) as client:
+            assert (await client.status()).stats.submitted == 0
+    toml = tmp_path / "swarm.toml"
+    toml.write_text('[coordinator]\nclients = ["trader1", "desk2"]\n')
+    assert load_config(toml).coordinator.clients == ("trader1", "desk2")
+    toml.write_text('[coordinator]\nclients = "trader1"\n')
+    with pytest.raises(ConfigError, match="clients must be a list"):
+        load_config(toml)
 
 
 async def test_a_malformed_request_resets_only_its_stream(certs: Path) -> None:

@@ -82,6 +82,10 @@ class CoordinatorConfig:
         seconds a new connection has to say hello and bind its actor streams.
     ``drain_timeout``
         seconds a graceful shutdown waits for tasks in flight to finish.
+    ``clients``
+        the ids that may connect as clients (:func:`connect_coordinator`) to
+        submit work; ``None`` (the default) lets in any client whose hello
+        passes the usual checks.  Agents are not affected.
     """
 
     coordinator_id: str = "coordinator"
@@ -97,11 +101,18 @@ class CoordinatorConfig:
         "hello_timeout"))
     drain_timeout: float = attrs.field(default=10.0, validator=_positive_number(
         "drain_timeout"))
+    clients: tuple[str, ...] | None = attrs.field(
+        default=None, converter=lambda v: v if v is None or isinstance(v, str) else tuple(v))
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.coordinator_id, str) or not self.coordinator_id:
             raise ConfigError(f"coordinator_id must be a non-empty string, got "
                               f"{self.coordinator_id!r}")
+        if self.clients is not None and (
+                isinstance(self.clients, str)
+                or not all(isinstance(c, str) and c for c in self.clients)):
+            raise ConfigError(f"clients must be a list of non-empty id strings, got "
+                              f"{self.clients!r}")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigError(f"heartbeat_timeout ({self.heartbeat_timeout}) must be longer "
                               f"than heartbeat_interval ({self.heartbeat_interval})")

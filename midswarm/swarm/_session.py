@@ -361,6 +361,9 @@ async def _serve(coord: Coordinator, conn: Any, trusted: bool) -> None:
     if isinstance(hello, ClientHello):
         reason = check_peer(hello.version, "client", hello.client_id, conn.peer_identity,
                             trusted)
+        allowed = cfg.clients
+        if reason is None and allowed is not None and hello.client_id not in allowed:
+            reason = f"client id {hello.client_id!r} may not submit work to this coordinator"
         if reason is None and coord.closing:
             reason = "the coordinator is shutting down"
         if reason is not None:
