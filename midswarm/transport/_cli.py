@@ -22,7 +22,8 @@ from ._tls import ClientTLS, ServerTLS, make_dev_certs
 
 def _certs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="where to write the PEM files (created if missing)")
-    p.add_argument("--agents", default="", help="comma-separated agent ids, e.g. a1,a2")
+    p.add_argument("--agents", default="",
+                   help="comma-separated ids of agents and clients, e.g. a1,a2,trader1")
     p.add_argument("--host", action="append", default=None,
                    help="extra DNS name or IP for the coordinator certificate (repeatable)")
 
