@@ -29,17 +29,18 @@ from ..transport import (
     encode,
 )
 from ._client_protocol import (
+    REQUESTS,
     AddPatterns,
     ClientHello,
     ClientReply,
     ClientRequest,
     ClientWelcome,
-    PatternIds,
     ReportOutcome,
     StatusQuery,
     StatusReport,
 )
 from ._errors import (
+    CONNECTION_ERRORS,
     ClientRefused,
     CoordinatorClosed,
     NoAgentAvailable,
@@ -50,7 +51,7 @@ from ._errors import (
 )
 from ._learning import prediction_task_id
 from ._mapping import TaskMapping
-from ._protocol import TASK_AGENT_TYPES, PatternMatchResult, Refused, Verdicts
+from ._protocol import TASK_AGENT_TYPES, PatternMatchResult, Refused
 
 __all__ = ["RemoteCoordinator", "connect_coordinator"]
 
@@ -58,9 +59,6 @@ log = logging.getLogger("midswarm.swarm")
 
 #: Reset code of a request stream whose call was cancelled.
 _ABANDONED = 0x20
-
-_STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel,
-                ConnectionClosed)
 
 #: Exceptions rebuilt from a failed reply by their name and arguments; the
 #: swarm's and actor runtime's errors, and the built-in ones the
@@ -148,7 +146,7 @@ class RemoteCoordinator(TaskMapping):
             reply = decode(await ms.receive_message(), ClientReply)
             result = decode(await ms.receive_message()) if reply.ok else None
             answered = True
-        except _STREAM_GONE as exc:
+        except CONNECTION_ERRORS as exc:
             if self._conn.closed:
                 self._close(str(self._conn.close_reason[1] or "the connection closed"))
                 raise self._closed_error() from exc
@@ -161,6 +159,10 @@ class RemoteCoordinator(TaskMapping):
                     await stream.abort(_ABANDONED, "request abandoned")
         if not reply.ok:
             raise rebuild_error(reply)
+        expected = REQUESTS[type(body)]
+        if expected is not None and not isinstance(result, expected):
+            raise ProtocolError(f"expected {expected.__name__} in reply to "
+                                f"{type(body).__name__}, got {type(result).__name__}")
         return reply, result
 
     async def submit(self, task: Any, *, timeout: float | None = None,
@@ -197,8 +199,6 @@ class RemoteCoordinator(TaskMapping):
     async def add_patterns(self, vectors: Any, outcomes: Any) -> list[int]:
         """Add patterns to the coordinator's library; see :meth:`Coordinator.add_patterns`."""
         _, ids = await self._request(AddPatterns(vectors, outcomes))
-        if not isinstance(ids, PatternIds):
-            raise ProtocolError(f"expected PatternIds, got {type(ids).__name__}")
         return list(ids.ids)
 
     async def report_outcome(self, prediction: PatternMatchResult | int, actual: float
@@ -210,8 +210,6 @@ class RemoteCoordinator(TaskMapping):
         task_id = prediction_task_id(prediction, self.task_id_of,
                                      "client (already reported, or not from its submit)")
         _, verdicts = await self._request(ReportOutcome(task_id, float(actual)))
-        if not isinstance(verdicts, Verdicts):
-            raise ProtocolError(f"expected Verdicts, got {type(verdicts).__name__}")
         if isinstance(prediction, PatternMatchResult):
             self._task_ids.pop(id(prediction), None)
         return list(verdicts.verdicts)
@@ -220,8 +218,6 @@ class RemoteCoordinator(TaskMapping):
         """The coordinator's agents (as :attr:`Coordinator.agents`) and counters
         (as :attr:`Coordinator.stats`), a snapshot."""
         _, report = await self._request(StatusQuery())
-        if not isinstance(report, StatusReport):
-            raise ProtocolError(f"expected StatusReport, got {type(report).__name__}")
         return report
 
 
@@ -231,7 +227,7 @@ async def _watch_control(control: MessageStream, client: RemoteCoordinator) -> N
         reason = "the coordinator broke the protocol on the control stream"
     except ProtocolError as exc:
         reason = f"protocol error on the control stream: {exc}"
-    except _STREAM_GONE:
+    except CONNECTION_ERRORS:
         reason = "the coordinator ended the session"
     client._close(reason)
 

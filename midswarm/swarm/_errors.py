@@ -7,8 +7,13 @@ carrying the remote exception's type, message and traceback text.
 
 from __future__ import annotations
 
+import trio
+
+from ..transport import ConnectionClosed
+
 __all__ = [
     "AgentRefused",
+    "CONNECTION_ERRORS",
     "ClientRefused",
     "CoordinatorClosed",
     "NoAgentAvailable",
@@ -17,6 +22,12 @@ __all__ = [
     "TaskTimeout",
     "TaskUndeliverable",
 ]
+
+
+#: What a send or receive raises when its stream or connection is gone (the
+#: peer closed, reset or dropped it): not an error of this side's making.
+CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed,
+                     trio.EndOfChannel)
 
 
 class SwarmError(Exception):
@@ -41,7 +52,7 @@ class AgentRefused(SwarmError):
 
 class ClientRefused(SwarmError):
     """The coordinator refused a client's hello (wrong protocol version, id not
-    matching the certificate, shutting down)."""
+    matching the certificate, id not in its ``clients`` list, shutting down)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

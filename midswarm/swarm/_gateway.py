@@ -2,7 +2,7 @@
 
 :func:`serve_client` runs once :func:`~midswarm.swarm._session.serve_connection`
 has read a :class:`ClientHello` on the connection's first stream and checked it
-(version, identity: ``check_peer``): it answers :class:`ClientWelcome`, then serves every
+(:func:`check_client_hello`): it answers :class:`ClientWelcome`, then serves every
 request stream the client opens, each in its own task, until the client
 closes its control stream or the connection, or the coordinator shuts down.
 
@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..transport import (
-    ConnectionClosed,
     MessageStream,
     ProtocolError,
     decode,
@@ -43,20 +42,32 @@ from ._client_protocol import (
     StatusQuery,
     StatusReport,
 )
-from ._protocol import PatternMatchResult, Verdicts
+from ._errors import CONNECTION_ERRORS
+from ._protocol import PatternMatchResult, Verdicts, check_peer
 
 if TYPE_CHECKING:
     from ._coordinator import Coordinator
 
-__all__ = ["failure_reply", "serve_client"]
+__all__ = ["check_client_hello", "failure_reply", "serve_client"]
 
 log = logging.getLogger("midswarm.swarm")
 
-_STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel,
-                ConnectionClosed)
 
 #: An exception argument that crosses the wire as it is; others go as text.
 _PLAIN = (type(None), bool, int, float, str)
+
+
+def check_client_hello(coord: Coordinator, hello: ClientHello, identity: str | None,
+                       trusted: bool) -> str | None:
+    """The reason to refuse ``hello`` (see ``check_peer``; an id not in the
+    config's ``clients``; a coordinator shutting down), or ``None``."""
+    reason = check_peer(hello.version, "client", hello.client_id, identity, trusted)
+    allowed = coord.config.clients
+    if reason is None and allowed is not None and hello.client_id not in allowed:
+        reason = f"client id {hello.client_id!r} may not submit work to this coordinator"
+    if reason is None and coord.closing:
+        reason = "the coordinator is shutting down"
+    return reason
 
 
 def failure_reply(exc: BaseException) -> ClientReply:
@@ -72,7 +83,7 @@ async def serve_client(coord: Coordinator, conn: Any, control: MessageStream,
     client_id = hello.client_id
     try:
         await control.send_message(encode(ClientWelcome(coord.config.coordinator_id)))
-    except _STREAM_GONE:
+    except CONNECTION_ERRORS:
         return
     log.info("client %s connected", client_id)
     reason = "closed by the client"
@@ -83,7 +94,7 @@ async def serve_client(coord: Coordinator, conn: Any, control: MessageStream,
             reason = f"protocol error: {type(decode(raw)).__name__} on the control stream"
         except ProtocolError as exc:
             reason = f"protocol error on the control stream: {exc}"
-        except _STREAM_GONE:
+        except CONNECTION_ERRORS:
             pass
         nursery.cancel_scope.cancel()
     log.info("client %s disconnected: %s", client_id, reason)
@@ -106,7 +117,7 @@ async def _serve_request(stream: Any, coord: Coordinator, client_id: str) -> Non
     except trio.TooSlowError:
         await ms.abort_framing("the request was not sent in time")
         return
-    except _STREAM_GONE:
+    except CONNECTION_ERRORS:
         return
     reply: ClientReply | None = None
     result: Any = None
@@ -125,7 +136,7 @@ async def _serve_request(stream: Any, coord: Coordinator, client_id: str) -> Non
         if reply.ok:
             await ms.send_message(encode(result))
         await ms.send_eof()
-    except _STREAM_GONE:
+    except CONNECTION_ERRORS:
         return
     except TypeError as exc:  # a result the codec cannot carry: a bug, say so
         log.error("client %s: cannot encode the result: %s", client_id, exc)
@@ -135,7 +146,7 @@ async def _serve_request(stream: Any, coord: Coordinator, client_id: str) -> Non
 async def _watch_abandon(ms: MessageStream, scope: trio.CancelScope) -> None:
     try:
         await ms.receive_message()
-    except (ProtocolError, *_STREAM_GONE):
+    except (ProtocolError, *CONNECTION_ERRORS):
         pass
     scope.cancel()
 

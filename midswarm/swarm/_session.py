@@ -52,7 +52,8 @@ from ..transport import (
     encode,
 )
 from ._client_protocol import ClientHello
-from ._gateway import serve_client
+from ._errors import CONNECTION_ERRORS
+from ._gateway import check_client_hello, serve_client
 from ._protocol import (
     AGENT_TYPES,
     Ack,
@@ -79,8 +80,6 @@ _CLOSE_PROTOCOL = 0x11
 _CLOSE_SILENT = 0x12
 _CLOSE_DONE = 0x0
 
-_CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed,
-                      trio.EndOfChannel)
 
 
 def check_hello(hello: AgentHello, identity: str | None, trusted: bool) -> str | None:
@@ -190,7 +189,7 @@ class AgentSession:
         except ProtocolError as exc:
             self.end(f"protocol error: {exc}", _CLOSE_PROTOCOL)
             return
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             self.end(f"connection lost while binding: {exc!r}")
             return
         try:
@@ -263,7 +262,7 @@ class AgentSession:
             in_flight = sum(link.in_flight for link in self.links.values())
             try:
                 await self.send_control(Heartbeat(seq, trio.current_time(), in_flight))
-            except _CONNECTION_ERRORS:
+            except CONNECTION_ERRORS:
                 return
             except ProtocolError:
                 return  # the state moved on (closing)
@@ -315,7 +314,7 @@ async def _refuse(control: MessageStream, conn: Any, reason: str,
             # Give the refusal a chance to leave before the connection closes.
             await control.send_eof()
             await control.receive_message()
-    except (*_CONNECTION_ERRORS, ProtocolError, TypeError):
+    except (*CONNECTION_ERRORS, ProtocolError, TypeError):
         pass
     conn.close(_CLOSE_REFUSED, reason[:200])
 
@@ -327,7 +326,7 @@ async def serve_connection(coord: Coordinator, conn: Any, trusted_identity: bool
     """
     try:
         await _serve(coord, conn, trusted_identity)
-    except _CONNECTION_ERRORS as exc:
+    except CONNECTION_ERRORS as exc:
         log.info("agent connection lost during hello: %r", exc)
     finally:
         try:
@@ -359,13 +358,7 @@ async def _serve(coord: Coordinator, conn: Any, trusted: bool) -> None:
                                      f"or ClientHello: {exc}")
         return
     if isinstance(hello, ClientHello):
-        reason = check_peer(hello.version, "client", hello.client_id, conn.peer_identity,
-                            trusted)
-        allowed = cfg.clients
-        if reason is None and allowed is not None and hello.client_id not in allowed:
-            reason = f"client id {hello.client_id!r} may not submit work to this coordinator"
-        if reason is None and coord.closing:
-            reason = "the coordinator is shutting down"
+        reason = check_client_hello(coord, hello, conn.peer_identity, trusted)
         if reason is not None:
             await _refuse(control, conn, reason)
             return
@@ -406,7 +399,7 @@ async def _serve(coord: Coordinator, conn: Any, trusted: bool) -> None:
         try:
             session.state = next_control_state("AWAIT_HELLO", "agent", hello)
             await session.send_control(welcome)
-        except _CONNECTION_ERRORS:
+        except CONNECTION_ERRORS:
             return
         log.info("agent %s connected (%s), session %d", hello.agent_id,
                  ", ".join(session.types), session.number)
