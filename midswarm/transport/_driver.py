@@ -128,6 +128,7 @@ class ConnectionDriver:
     _flush_late: bool
     _dirty: bool
     _first_flight: bool
+    _early_read: bool
     _on_ready: Callable[[Any], None] | None
 
     # --- what the subclass provides ---------------------------------------------------
@@ -167,7 +168,14 @@ class ConnectionDriver:
             # flight at once: the client needs it to read anything else.
             self._flush_soon(after_readers=True)
         elif in_handshake:
-            self._pump()
+            if self._early_read:
+                # Only 0-RTT packets, read after our flight left: their ACK
+                # rides on the handler's 0.5-RTT reply (or goes at the ACK
+                # delay); a pump now would find nothing else to send.
+                self._early_read = False
+                self._rearm()
+            else:
+                self._pump()
             if self._on_ready is not None and not self._terminated:
                 # A resumed client's 0-RTT request can be answered now; its
                 # handler starts after our flight left (it runs next round
@@ -384,7 +392,8 @@ class ConnectionDriver:
         datagram zero-filled — trailing padding, which aioquic skips — so that
         aioquic sees the datagram's real size (Initials in datagrams under 1200
         bytes are dropped); the anti-amplification count, which then sees the
-        0-RTT bytes twice, is set back to the datagram's size.
+        0-RTT bytes twice, is set back to the datagram's size.  Nothing is
+        sent for the 0-RTT packets themselves (see :meth:`_process_received`).
         """
         rest = len(data) - initial_length
         if not (initial_length > 0 and rest > 0
@@ -398,6 +407,7 @@ class ConnectionDriver:
             return
         path = paths[0]
         self.datagram_received(data[initial_length:], addr, now)
+        self._early_read = True
         if not path.is_validated:
             path.bytes_received -= rest
 

@@ -76,6 +76,7 @@ class QuicConnection(ConnectionDriver):
         self._flush_late = False  # ... after one more scheduling round
         self._dirty = False  # a write is waiting for that flush
         self._first_flight = False  # held until the first write (see connect_quic)
+        self._early_read = False  # see first_datagram_received
         self.peer_identity: str | None = None
         self.session_resumed = False
         self.early_data_accepted = False
