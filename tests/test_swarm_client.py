@@ -45,6 +45,7 @@ from midswarm.swarm._client_protocol import (
     PatternIds,
 )
 from midswarm.transport import (
+    DEFAULT_MAX_MESSAGE_SIZE,
     FRAMING_ERROR_CODE,
     PROTOCOL_VERSION,
     ClientTLS,
@@ -196,6 +197,12 @@ async def test_the_learning_loop_from_a_client(certs: Path) -> None:
         with pytest.raises(KeyError):
             await client.report_outcome(task_id, 0.25)
         assert coord.stats.experiences == 1
+        again = await client.submit(PatternMatchTask(vectors[8] + 0.01))
+        for bad in (True, float("nan"), "0.1"):  # refused as by a local report
+            with pytest.raises(ValueError, match="actual must be a finite number"):
+                await client.report_outcome(again, bad)  # type: ignore[arg-type]
+        assert client.task_id_of(again) is not None  # still pending
+        assert len(await client.report_outcome(again, -0.5)) == 1
 
 
 async def test_a_client_id_not_matching_its_certificate_is_refused(certs: Path) -> None:
@@ -319,3 +326,33 @@ async def test_work_submitted_to_a_coordinator_process_and_its_status_command(
                                          check=False)
         assert refused.returncode == 2 and b"nobody.pem" in refused.stderr
         nursery.cancel_scope.cancel()
+
+
+async def test_a_library_larger_than_a_message_goes_in_several_requests(certs: Path) -> None:
+    rng = np.random.default_rng(6)
+    dim = 64
+    rows = (DEFAULT_MAX_MESSAGE_SIZE // (8 * dim)) * 5 // 4  # 20 MiB of float64
+    vectors = rng.standard_normal((rows, dim))
+    outcomes = rng.standard_normal(rows)
+    async with coordinator_with(certs, {"a1": ["pattern_matcher"]}) as coord, \
+            connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2")) as client:
+        ids = await client.add_patterns(vectors, outcomes)
+        assert len(ids) == rows and ids == sorted(ids) and len(set(ids)) == rows
+        assert sum(coord.shard_sizes().values()) == rows
+        # The last row's pattern is found where it was put.
+        result = await client.submit(PatternMatchTask(vectors[-1]))
+        assert result.matches[0].pattern_id == ids[-1]
+
+
+async def test_bad_patterns_from_a_client_store_nothing(certs: Path) -> None:
+    rng = np.random.default_rng(7)
+    async with coordinator_with(certs, {"a1": ["pattern_matcher"]}) as coord, \
+            connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2")) as client:
+        await client.add_patterns(rng.standard_normal((10, 16)), rng.standard_normal(10))
+        with pytest.raises(ValueError, match="one value per pattern"):
+            await client.add_patterns(rng.standard_normal((10, 16)), rng.standard_normal(9))
+        with pytest.raises(ValueError, match="finite"):
+            await client.add_patterns(np.full((3, 16), np.nan), np.zeros(3))
+        with pytest.raises(ValueError, match="length 24, the library holds length 16"):
+            await client.add_patterns(rng.standard_normal((10, 24)), rng.standard_normal(10))
+        assert sum(coord.shard_sizes().values()) == 10

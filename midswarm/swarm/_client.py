@@ -49,9 +49,10 @@ from ._errors import (
     TaskTimeout,
     TaskUndeliverable,
 )
-from ._learning import prediction_task_id
+from ._learning import check_actual, prediction_task_id
 from ._mapping import TaskMapping
 from ._protocol import TASK_AGENT_TYPES, PatternMatchResult, Refused
+from ._scatter import check_patterns, patterns_per_message
 
 __all__ = ["RemoteCoordinator", "connect_coordinator"]
 
@@ -197,9 +198,29 @@ class RemoteCoordinator(TaskMapping):
         return entry[1]
 
     async def add_patterns(self, vectors: Any, outcomes: Any) -> list[int]:
-        """Add patterns to the coordinator's library; see :meth:`Coordinator.add_patterns`."""
-        _, ids = await self._request(AddPatterns(vectors, outcomes))
-        return list(ids.ids)
+        """Add patterns to the coordinator's library; see :meth:`Coordinator.add_patterns`.
+
+        A library of any size goes in requests of a few MiB each, one after
+        another; the ids come back in row order.  Shapes and values are
+        checked here first, and a pattern length unlike the library's fails
+        the first request, so bad input stores nothing.  Should a later
+        request fail (the connection lost, say), the rows sent before it are
+        stored and stay stored: the error says how many.
+        """
+        vecs, outs = check_patterns(vectors, outcomes)
+        step = patterns_per_message(vecs.shape[1])
+        ids: list[int] = []
+        for start in range(0, len(vecs), step):
+            try:
+                _, added = await self._request(AddPatterns(vecs[start:start + step],
+                                                           outs[start:start + step]))
+            except Exception as exc:
+                if ids:
+                    exc.add_note(f"the first {len(ids)} of {len(vecs)} patterns were added "
+                                 f"(ids {ids[0]}..{ids[-1]}) before this failure")
+                raise
+            ids.extend(added.ids)
+        return ids
 
     async def report_outcome(self, prediction: PatternMatchResult | int, actual: float
                              ) -> list[Verdict]:
@@ -207,9 +228,10 @@ class RemoteCoordinator(TaskMapping):
         or its task id); see :meth:`Coordinator.report_outcome`.  Raises
         :class:`KeyError` for a result this client did not get or already
         reported."""
+        value = check_actual(actual)
         task_id = prediction_task_id(prediction, self.task_id_of,
                                      "client (already reported, or not from its submit)")
-        _, verdicts = await self._request(ReportOutcome(task_id, float(actual)))
+        _, verdicts = await self._request(ReportOutcome(task_id, value))
         if isinstance(prediction, PatternMatchResult):
             self._task_ids.pop(id(prediction), None)
         return list(verdicts.verdicts)

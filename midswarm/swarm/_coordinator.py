@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import tempfile
 from collections.abc import (
@@ -52,7 +51,7 @@ from ..transport import QuicConfig, ServerTLS, serve_quic
 from ._config import CoordinatorConfig, check_parameters
 from ._delivery import Dispatcher
 from ._errors import CoordinatorClosed, TaskTimeout
-from ._learning import LearningCounters, Predictions, route_adaptation
+from ._learning import LearningCounters, Predictions, check_actual, route_adaptation
 from ._mapping import TaskMapping
 from ._membership import Membership
 from ._protocol import (
@@ -219,13 +218,11 @@ class Coordinator(Membership, TaskMapping):
         ReasoningBank task -- the prediction is then pending again.
         """
         self._check_open()
-        if isinstance(actual, bool) or not isinstance(actual, int | float) \
-                or not math.isfinite(actual):
-            raise ValueError(f"actual must be a finite number, got {actual!r}")
+        actual = check_actual(actual)
         taken = self._predictions.take(prediction)
         params = {agent_id: self._parameters_for(record, ["pattern_matcher"])
                   .get("pattern_matcher", {}) for agent_id, record in self._records.items()}
-        experiences = Predictions.experiences(taken, float(actual), params)
+        experiences = Predictions.experiences(taken, actual, params)
         try:
             verdicts: Verdicts = await self.submit(ExperienceBatch(experiences))
         except BaseException:

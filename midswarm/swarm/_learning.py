@@ -62,6 +62,15 @@ def _flat_context(context: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_actual(actual: Any) -> float:
+    """An outcome as given to ``report_outcome``: a finite int or float (not a
+    bool); raises :class:`ValueError` otherwise."""
+    if isinstance(actual, bool) or not isinstance(actual, int | float) \
+            or not math.isfinite(actual):
+        raise ValueError(f"actual must be a finite number, got {actual!r}")
+    return float(actual)
+
+
 def prediction_task_id(which: PatternMatchResult | int,
                        task_id_of: Callable[[PatternMatchResult], int | None],
                        whose: str) -> int:

@@ -58,8 +58,32 @@ __all__ = ["PatternShards", "ScatterResult"]
 
 log = logging.getLogger("midswarm.swarm")
 
-#: Patterns per PatternLibraryAdd message (keeps messages far below the frame limit).
+#: Bytes of patterns per message that carries them (PatternLibraryAdd to a
+#: matcher, AddPatterns from a client): far below the frame limit.
 _ADD_BYTES = 2 << 20
+
+
+def patterns_per_message(dim: int) -> int:
+    """How many float64 patterns of length ``dim`` (with an outcome and an id
+    each) one message carries."""
+    return max(1, _ADD_BYTES // (8 * dim + 16))
+
+
+def check_patterns(vectors: Any, outcomes: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``vectors`` (one pattern per row) and their ``outcomes`` as float64
+    arrays; raises :class:`ValueError` for mismatched shapes or non-finite
+    values."""
+    vecs = np.asarray(vectors, dtype=np.float64)
+    outs = np.asarray(outcomes, dtype=np.float64)
+    if vecs.ndim != 2 or vecs.shape[0] == 0 or vecs.shape[1] == 0:
+        raise ValueError(f"vectors must be a non-empty 2-D array (one pattern per row), "
+                         f"got shape {vecs.shape}")
+    if outs.shape != (vecs.shape[0],):
+        raise ValueError(f"outcomes must have one value per pattern ({vecs.shape[0]}), "
+                         f"got shape {outs.shape}")
+    if not (np.isfinite(vecs).all() and np.isfinite(outs).all()):
+        raise ValueError("vectors and outcomes must be finite")
+    return vecs, outs
 
 
 class ScatterResult:
@@ -176,16 +200,7 @@ class PatternShards:
         Raises :class:`ValueError` for mismatched shapes, non-finite values or
         a pattern length unlike the library's.
         """
-        vecs = np.asarray(vectors, dtype=np.float64)
-        outs = np.asarray(outcomes, dtype=np.float64)
-        if vecs.ndim != 2 or vecs.shape[0] == 0 or vecs.shape[1] == 0:
-            raise ValueError(f"vectors must be a non-empty 2-D array (one pattern per row), "
-                             f"got shape {vecs.shape}")
-        if outs.shape != (vecs.shape[0],):
-            raise ValueError(f"outcomes must have one value per pattern ({vecs.shape[0]}), "
-                             f"got shape {outs.shape}")
-        if not (np.isfinite(vecs).all() and np.isfinite(outs).all()):
-            raise ValueError("vectors and outcomes must be finite")
+        vecs, outs = check_patterns(vectors, outcomes)
         if self.dim is not None and vecs.shape[1] != self.dim:
             raise ValueError(f"vectors: patterns of length {vecs.shape[1]}, the library holds "
                              f"length {self.dim}")
@@ -233,7 +248,7 @@ class PatternShards:
         if self._vectors is None or not ids:
             return
         rows = np.fromiter((self._row[i] for i in ids), dtype=np.int64, count=len(ids))
-        per_msg = max(1, _ADD_BYTES // (8 * self._vectors.shape[1] + 16))
+        per_msg = patterns_per_message(self._vectors.shape[1])
         for start in range(0, len(rows), per_msg):
             chunk = rows[start:start + per_msg]
             msg = PatternLibraryAdd(vectors=self._vectors[chunk],
