@@ -3,6 +3,7 @@ agents and the client as tasks of this process, each with its own certificate.""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -52,6 +53,7 @@ from midswarm.transport import (
     MessageStream,
     ProtocolError,
     ServerTLS,
+    SessionTicketStore,
     connect_quic,
     decode,
     encode,
@@ -320,8 +322,12 @@ async def test_work_submitted_to_a_coordinator_process_and_its_status_command(
         assert report["coordinator_id"] == "coordinator"
         assert report["agents"]["a1"]["state"] == "connected"
         assert report["stats"]["completed"] == 5
-        text = await trio.run_process([*command, "--id", "a2"], capture_stdout=True)
-        assert b"1/1 agents connected; tasks: 5 done" in text.stdout
+        tickets = certs / "a2.tickets"
+        for _ in range(2):  # the second run resumes with the first one's ticket
+            text = await trio.run_process([*command, "--id", "a2", "--tickets", str(tickets)],
+                                          capture_stdout=True)
+            assert b"1/1 agents connected; tasks: 5 done" in text.stdout
+            assert SessionTicketStore(tickets).get("localhost") is not None
         refused = await trio.run_process([*command, "--id", "nobody"], capture_stderr=True,
                                          check=False)
         assert refused.returncode == 2 and b"nobody.pem" in refused.stderr
@@ -356,3 +362,29 @@ async def test_bad_patterns_from_a_client_store_nothing(certs: Path) -> None:
         with pytest.raises(ValueError, match="length 24, the library holds length 16"):
             await client.add_patterns(rng.standard_normal((10, 24)), rng.standard_normal(10))
         assert sum(coord.shard_sizes().values()) == 10
+
+
+async def test_a_client_with_a_ticket_resumes_and_says_hello_in_early_data(
+        certs: Path) -> None:
+    store = SessionTicketStore()
+    async with coordinator_with(certs, {"a1": ["feature_engineer"]}) as coord:
+        for attempt in range(3):
+            async with connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2"),
+                                           session_tickets=store) as client:
+                conn = client._conn
+                assert conn.session_resumed == (attempt > 0)
+                assert conn.early_data_accepted == (attempt > 0)
+                block = await client.submit(FeatureTask(np.full((30, 5), 1.0 + attempt)))
+                assert isinstance(block, FeatureBlock)
+                assert "a1" in (await client.status()).agents
+        assert coord.stats.completed == 3
+        # A store holding a ticket the coordinator never issued: the hello
+        # still arrives (0-RTT refused, resent after a full handshake).
+        ticket = store.get("localhost")
+        assert ticket is not None
+        stale = SessionTicketStore()
+        stale.add(dataclasses.replace(ticket, ticket=b"forged" + ticket.ticket[6:]))
+        async with connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2"),
+                                       session_tickets=stale) as client:
+            assert not client._conn.session_resumed
+            assert (await client.status()).coordinator_id == coord.config.coordinator_id

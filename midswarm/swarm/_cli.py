@@ -153,6 +153,9 @@ def _peer_args(p: argparse.ArgumentParser, kind: str) -> None:
                    help="directory with ca.pem and <id>.pem/<id>.key")
     p.add_argument("--server-name", default="localhost",
                    help="name the coordinator's certificate must carry (default localhost)")
+    p.add_argument("--tickets", metavar="FILE",
+                   help="file to keep TLS session tickets in: later connections, in this "
+                        "run or the next, resume with 0-RTT")
 
 
 def _agent_args(p: argparse.ArgumentParser) -> None:
@@ -160,8 +163,6 @@ def _agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--types", required=True,
                    help="comma-separated agent types, e.g. pattern_matcher,correlator")
     p.add_argument("--config", help="TOML config file; its [parameters] are local defaults")
-    p.add_argument("--tickets", help="file to keep TLS session tickets in (0-RTT reconnects "
-                                     "across runs)")
     p.add_argument("--no-reconnect", action="store_true",
                    help="exit when the connection is lost instead of reconnecting")
     p.add_argument("--exit-on-stdin-eof", action="store_true",
@@ -261,7 +262,9 @@ async def _run_status(args: argparse.Namespace) -> int:
     from ._client import connect_coordinator
 
     tls = _client_tls(args.certs, args.client_id, args.server_name, "client")
-    async with connect_coordinator(args.coordinator, args.client_id, tls=tls) as client:
+    tickets = SessionTicketStore(args.tickets) if args.tickets else None
+    async with connect_coordinator(args.coordinator, args.client_id, tls=tls,
+                                   session_tickets=tickets) as client:
         report = await client.status()
     if args.json:
         print(json.dumps(converter.unstructure(report), indent=2, sort_keys=True))

@@ -24,6 +24,7 @@ from ..transport import (
     MessageStream,
     ProtocolError,
     QuicConfig,
+    SessionTicketStore,
     connect_quic,
     decode,
     encode,
@@ -257,7 +258,8 @@ async def _watch_control(control: MessageStream, client: RemoteCoordinator) -> N
 @asynccontextmanager
 async def connect_coordinator(coordinator: tuple[str, int], client_id: str, *,
                               tls: ClientTLS, config: QuicConfig | None = None,
-                              hello_timeout: float = 10.0
+                              hello_timeout: float = 10.0,
+                              session_tickets: SessionTicketStore | None = None,
                               ) -> AsyncIterator[RemoteCoordinator]:
     """Connect to a running coordinator (``midswarm coordinator``, or a program's
     :func:`open_coordinator`) to submit work:
@@ -271,9 +273,20 @@ async def connect_coordinator(coordinator: tuple[str, int], client_id: str, *,
     cannot be made, and :class:`TimeoutError` if no answer comes within
     ``hello_timeout`` seconds.  Leaving the block closes the connection;
     calls still running then raise :class:`CoordinatorClosed`.
+
+    ``session_tickets``: a :class:`~midswarm.transport.SessionTicketStore`
+    (in memory, or in a file to carry over to the next process) makes the
+    next connection with it resume the TLS session, its hello in 0-RTT early
+    data: a client that reconnects, or a short-lived program run again, is
+    welcomed one round trip sooner.  Only the hello rides early -- the
+    coordinator acts on it once the handshake has completed, so a replayed
+    early flight does nothing -- and the block is entered after the
+    handshake, so no request is ever sent as early data.
     """
     host, port = coordinator
-    async with connect_quic(host, port, tls=tls, config=config) as conn:
+    early = session_tickets is not None and session_tickets.get(tls.server_name) is not None
+    async with connect_quic(host, port, tls=tls, config=config, session_tickets=session_tickets,
+                            wait_connected=not early) as conn:
         control = MessageStream(await conn.open_stream())
         with trio.move_on_after(hello_timeout) as scope:
             await control.send_message(encode(ClientHello(client_id)))
@@ -286,7 +299,11 @@ async def connect_coordinator(coordinator: tuple[str, int], client_id: str, *,
         if not isinstance(answer, ClientWelcome):
             raise ProtocolError(f"expected ClientWelcome or Refused, got "
                                 f"{type(answer).__name__}")
-        log.info("client %s connected to coordinator %s", client_id, answer.coordinator_id)
+        # Requests may be replayed if sent early; the welcome follows the
+        # handshake on the coordinator's side, so this returns at once.
+        await conn.wait_handshake()
+        log.info("client %s connected to coordinator %s%s", client_id, answer.coordinator_id,
+                 " (resumed)" if conn.session_resumed else "")
         async with trio.open_nursery() as nursery:
             client = RemoteCoordinator(conn, client_id, answer, nursery)
             nursery.start_soon(_watch_control, control, client)
