@@ -323,7 +323,7 @@ async def test_work_submitted_to_a_coordinator_process_and_its_status_command(
         assert report["agents"]["a1"]["state"] == "connected"
         assert report["stats"]["completed"] == 5
         tickets = certs / "a2.tickets"
-        for _ in range(2):  # the second run resumes with the first one's ticket
+        for _ in range(2):  # each run keeps a ticket for the next (resumption: test below)
             text = await trio.run_process([*command, "--id", "a2", "--tickets", str(tickets)],
                                           capture_stdout=True)
             assert b"1/1 agents connected; tasks: 5 done" in text.stdout
