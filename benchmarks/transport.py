@@ -361,7 +361,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         s = {"rtt_warmup": 300, "rtt_count": 3000, "bulk_mib": 32,
              "datagram_sizes": [1452, 9000, 16383], "handshakes": 30, "agents": 1000,
              "streams": 1000, "stream_rounds": 20, "hol_mailboxes": 100, "hol_rounds": 100}
-    for key in ("agents", "streams"):
+    for key in ("agents", "streams", "handshakes"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     if args.datagram_sizes is not None:
@@ -411,6 +411,8 @@ def main(argv: list[str] | None = None) -> None:
                     help=f"comma-separated peers: {','.join(KINDS)}")
     ap.add_argument("--agents", type=_positive, default=None,
                     help="concurrent connections in the agents section (default 1000)")
+    ap.add_argument("--handshakes", type=_positive, default=None,
+                    help="connections of each kind in the handshake section (default 30)")
     ap.add_argument("--agent-procs", type=_positive, default=2,
                     help="client processes sharing the agents (default 2)")
     ap.add_argument("--streams", type=_positive, default=None,
