@@ -57,8 +57,11 @@ processes need.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -74,9 +77,11 @@ from _transport_common import cpu_seconds  # noqa: E402
 
 from midswarm.kernels import PatternLibrary  # noqa: E402
 from midswarm.swarm import CoordinatorConfig, PatternMatchTask, open_swarm  # noqa: E402
+from midswarm.transport import make_dev_certs  # noqa: E402
 
 K = 10
 BAND = 8
+CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_swarm_client.py")
 
 
 def workload(patterns: int, length: int, queries: int) -> tuple[np.ndarray, np.ndarray,
@@ -95,11 +100,53 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class ClientProcess:
+    """``_swarm_client.py`` in its own process, driven one command line at a time."""
+
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self._buf = b""
+
+    async def line(self, timeout: float = 120.0) -> str:
+        assert self.proc.stdout is not None
+        with trio.fail_after(timeout):
+            while b"\n" not in self._buf:
+                data = await self.proc.stdout.receive_some()
+                if not data:
+                    raise RuntimeError("the client process exited")
+                self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    async def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        await self.proc.stdin.send_all(command.encode() + b"\n")
+        word, _, rest = (await self.line()).partition(" ")
+        if word != "DONE":
+            raise RuntimeError(f"the client process answered {word!r}")
+        answer: dict[str, Any] = json.loads(rest)
+        return answer
+
+
+async def open_client(port: int, certs: str, sizes: tuple[int, int, int]) -> ClientProcess:
+    """Start the remote client with a certificate of its own from the swarm's CA."""
+    client_id = "bench-client"
+    await trio.to_thread.run_sync(lambda: make_dev_certs(certs, agents=[client_id]))
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, CLIENT, str(port), certs, client_id, *map(str, sizes)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    client = ClientProcess(proc)
+    if await client.line() != "READY":
+        raise RuntimeError("the client process did not connect")
+    return client
+
+
 async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget: float,
-                  block: int, agent_cpus: str = "any") -> list[dict[str, Any]]:
-    """Open both swarms, then time the three ways query by query, interleaved
-    (so load drifting on a shared machine hits all three alike), then their
-    pipelined throughput."""
+                  block: int, agent_cpus: str = "any", remote: bool = True
+                  ) -> list[dict[str, Any]]:
+    """Open both swarms (and the remote client), then time the ways query by
+    query, interleaved (so load drifting on a shared machine hits them alike),
+    then their pipelined throughput."""
     cfg = CoordinatorConfig(task_timeout=30.0, credit=4)
     params = {"k": K, "window": BAND}
     tasks = [PatternMatchTask(window=q, params=params) for q in qs]
@@ -110,75 +157,107 @@ async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget:
             open_swarm({"pattern_matcher": 2}, spawn="task", config=cfg,
                        parameters={"pattern_matcher": params}) as memory:
         swarms = {"quic": quic, "memory": memory}
-        # Coordination alone: the matchers hold no patterns yet, so an answer
-        # costs them nothing but the round trip.
-        empty: dict[str, list[float]] = {"quic": [], "memory": []}
-        for task in tasks[:5]:
-            for swarm in swarms.values():
-                await swarm.submit(task)
-        first = tasks[:min(len(tasks), 300)]
-        empty_cpu = {"quic": 0.0, "memory": 0.0}
-        for start in range(0, len(first), block):
-            for key, swarm in swarms.items():
-                c = tree_cpu_seconds()
-                for task in first[start:start + block]:
-                    t = time.perf_counter()
-                    await swarm.submit(task)
-                    empty[key].append(time.perf_counter() - t)
-                empty_cpu[key] += tree_cpu_seconds() - c
-        for swarm in swarms.values():
-            await swarm.add_patterns(lib, outcomes)
-            for task in tasks[:5]:  # warm up: numba caches, library preparation
-                await swarm.submit(task)
-        library.knn(qs[0], K)
-        lat: dict[str, list[float]] = {"kernel": [], "kernel1": [], "quic": [], "memory": []}
-        threads = numba.get_num_threads()
-        overhead: dict[str, list[float]] = {"quic": [], "memory": []}
+        ways: list[str] = list(swarms)
+        client: ClientProcess | None = None
+        if remote:
+            assert quic.certs is not None and quic.coordinator.port is not None
+            client = await open_client(quic.coordinator.port, quic.certs,
+                                       (len(lib), lib.shape[1], len(qs)))
+            ways.append("remote")
 
-        deadline = time.perf_counter() + budget
-        for start in range(0, len(tasks), block):
-            chunk = list(zip(qs[start:start + block], tasks[start:start + block], strict=True))
-            for q, _ in chunk:
+        async def run(key: str, start: int, count: int) -> tuple[list[float], list[float]]:
+            """Queries ``start .. start+count-1`` one after another through
+            ``key``: each one's end-to-end time and its slowest shard's search."""
+            if key == "remote":
+                assert client is not None
+                answer = await client.ask(f"RUN {start} {count}")
+                return answer["elapsed"], answer["compute"]
+            elapsed, compute = [], []
+            for task in tasks[start:start + count]:
                 t = time.perf_counter()
-                library.knn(q, K)
-                lat["kernel"].append(time.perf_counter() - t)
-            numba.set_num_threads(1)  # this thread only
-            for q, _ in chunk:
-                t = time.perf_counter()
-                library.knn(q, K)
-                lat["kernel1"].append(time.perf_counter() - t)
-            numba.set_num_threads(threads)
-            for key, swarm in swarms.items():
-                for _, task in chunk:
+                result = await swarms[key].submit(task)
+                elapsed.append(time.perf_counter() - t)
+                compute.append(result.compute_time_ms / 1e3)
+            return elapsed, compute
+
+        try:
+            # Coordination alone: the matchers hold no patterns yet, so an answer
+            # costs them nothing but the round trip.
+            empty: dict[str, list[float]] = {key: [] for key in ways}
+            empty_cpu = {key: 0.0 for key in ways}
+            for key in ways:
+                await run(key, 0, 5)
+            first = min(len(tasks), 300)
+            for start in range(0, first, block):
+                for key in ways:
+                    c = tree_cpu_seconds()
+                    elapsed, _ = await run(key, start, min(block, first - start))
+                    empty_cpu[key] += tree_cpu_seconds() - c
+                    empty[key].extend(elapsed)
+            for swarm in swarms.values():
+                await swarm.add_patterns(lib, outcomes)
+                for task in tasks[:5]:  # warm up: numba caches, library preparation
+                    await swarm.submit(task)
+            library.knn(qs[0], K)
+            lat: dict[str, list[float]] = {key: [] for key in ["kernel", "kernel1", *ways]}
+            threads = numba.get_num_threads()
+            overhead: dict[str, list[float]] = {key: [] for key in ways}
+
+            deadline = time.perf_counter() + budget
+            for start in range(0, len(tasks), block):
+                chunk = qs[start:start + block]
+                for q in chunk:
                     t = time.perf_counter()
-                    result = await swarm.submit(task)
-                    elapsed = time.perf_counter() - t
-                    lat[key].append(elapsed)
-                    overhead[key].append(elapsed - result.compute_time_ms / 1e3)
-            if time.perf_counter() > deadline:
-                break
-        tps = {key: len(lat[key]) / sum(lat[key]) for key in ("kernel", "kernel1")}
-        for key, swarm in swarms.items():
-            t = time.perf_counter()
-            done = 0
-            with trio.move_on_after(budget / 2):
-                async for _ in swarm.map(tasks, concurrency=8):
-                    done += 1
-            tps[key] = done / (time.perf_counter() - t)
-            stats = swarm.stats
-            assert stats.failed == 0 and stats.undeliverable == 0, stats
+                    library.knn(q, K)
+                    lat["kernel"].append(time.perf_counter() - t)
+                numba.set_num_threads(1)  # this thread only
+                for q in chunk:
+                    t = time.perf_counter()
+                    library.knn(q, K)
+                    lat["kernel1"].append(time.perf_counter() - t)
+                numba.set_num_threads(threads)
+                for key in ways:
+                    elapsed, compute = await run(key, start, len(chunk))
+                    lat[key].extend(elapsed)
+                    overhead[key].extend(e - c for e, c in zip(elapsed, compute, strict=True))
+                if time.perf_counter() > deadline:
+                    break
+            tps = {key: len(lat[key]) / sum(lat[key]) for key in ("kernel", "kernel1")}
+            for key in ways:
+                if key == "remote":
+                    assert client is not None
+                    answer = await client.ask(f"MAP {len(tasks)} 8 {budget / 2}")
+                    tps[key] = answer["done"] / answer["elapsed"]
+                    continue
+                t = time.perf_counter()
+                done = 0
+                with trio.move_on_after(budget / 2):
+                    async for _ in swarms[key].map(tasks, concurrency=8):
+                        done += 1
+                tps[key] = done / (time.perf_counter() - t)
+            for swarm in swarms.values():
+                stats = swarm.stats
+                assert stats.failed == 0 and stats.undeliverable == 0, stats
+        finally:
+            if client is not None:
+                assert client.proc.stdin is not None
+                await client.proc.stdin.aclose()
+                with trio.move_on_after(10):
+                    await client.proc.wait()
+                client.proc.kill()
     names = {"kernel": f"kernel, in-process ({threads} threads)",
              "kernel1": "kernel, in-process (1 thread)",
              "quic": "swarm, 2 agent processes (QUIC)",
-             "memory": "swarm, 2 in-process agents (memory)"}
+             "memory": "swarm, 2 in-process agents (memory)",
+             "remote": "  same via a client process (QUIC)"}
+    labels = {"quic": "QUIC", "memory": "memory", "remote": "client process"}
     rows = [{"name": names[key], "n": len(lat[key]), "p50": pct(lat[key], 0.5),
              "p99": pct(lat[key], 0.99),
              "overhead50": pct(overhead[key], 0.5) if key in overhead else None,
              "overhead99": pct(overhead[key], 0.99) if key in overhead else None,
-             "tps": tps[key]} for key in names]
-    for key in ("quic", "memory"):
-        label = {"quic": "QUIC", "memory": "memory"}[key]
-        rows.append({"name": f"  same, no patterns ({label})", "n": len(empty[key]),
+             "tps": tps[key]} for key in ["kernel", "kernel1", *ways]]
+    for key in ways:
+        rows.append({"name": f"  same, no patterns ({labels[key]})", "n": len(empty[key]),
                      "p50": pct(empty[key], 0.5), "p99": pct(empty[key], 0.99),
                      "overhead50": pct(empty[key], 0.5), "overhead99": pct(empty[key], 0.99),
                      "tps": len(empty[key]) / sum(empty[key]),
@@ -227,7 +306,8 @@ async def main(args: argparse.Namespace) -> None:
           f"k={K}, band={BAND}; the ways take turns every {args.block} "
           f"quer{'y' if args.block == 1 else 'ies'}", flush=True)
     print(f"agent processes: agent_cpus={args.agent_cpus!r}", flush=True)
-    rows = await measure(lib, outcomes, qs, args.budget, args.block, args.agent_cpus)
+    rows = await measure(lib, outcomes, qs, args.budget, args.block, args.agent_cpus,
+                         not args.no_client)
     print(table(rows))
     for row in rows:
         if row.get("cpu") is not None:
@@ -252,6 +332,8 @@ if __name__ == "__main__":
     parser.add_argument("--agent-cpus", choices=("any", "spread"), default="any",
                         help="let the kernel place the agent processes (default) or bind "
                              "each to its own core")
+    parser.add_argument("--no-client", action="store_true",
+                        help="leave out the remote client process (its rows)")
     ns = parser.parse_args()
     if ns.quick:
         ns.patterns, ns.queries, ns.budget = 2000, 60, 5.0

@@ -3,6 +3,7 @@ registered messages and numpy arrays, and ProtocolError for every malformed inpu
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -22,6 +23,7 @@ from midswarm.transport import (
     ProtocolError,
     decode,
     encode,
+    memory_connection_pair,
     message,
     pack,
     unpack,
@@ -438,3 +440,47 @@ def test_message_stream_checks_max_size(size: int) -> None:
 def test_default_max_message_size_is_16_mib() -> None:
     ms = MessageStream(trio.testing.memory_stream_pair()[0])
     assert ms.max_message_size == 16 * 1024 * 1024
+
+
+async def test_send_messages_over_a_plain_stream_sends_them_then_half_closes() -> None:
+    # A stream without send_all(eof=) (Trio's): the frames, then send_eof().
+    left, right = trio.testing.memory_stream_pair()
+    a, b = MessageStream(left), MessageStream(right)
+    msgs = [b"header", b"", b"z" * 70_000]  # the last alone passes the coalescing size
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(a.send_messages, msgs, eof=True))
+            assert [m async for m in b] == msgs
+        with pytest.raises(trio.ClosedResourceError):
+            await a.send_message(b"after the end")
+
+
+async def test_send_messages_with_one_too_large_sends_none() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    sender, receiver = MessageStream(left, max_message_size=100), MessageStream(right)
+    with trio.fail_after(10):
+        with pytest.raises(ValueError, match="max_message_size"):
+            await sender.send_messages([b"fits", b"x" * 101], eof=True)
+        await sender.send_messages([b"next", b"one"])
+        assert await receiver.receive_message() == b"next"
+        assert await receiver.receive_message() == b"one"
+
+
+async def test_send_messages_eof_needs_a_half_closeable_stream() -> None:
+    send_stream, receive_stream = trio.testing.memory_stream_one_way_pair()
+    sender, receiver = MessageStream(send_stream), MessageStream(receive_stream)
+    with trio.fail_after(10):
+        with pytest.raises(TypeError, match="cannot half-close"):
+            await sender.send_messages([b"a"], eof=True)
+        assert await receiver.receive_message() == b"a"  # the frames went first
+
+
+async def test_send_messages_on_memory_transport_half_closes_with_the_data() -> None:
+    left, right = memory_connection_pair()
+    with trio.fail_after(10):
+        stream = await left.open_stream()
+        await MessageStream(stream).send_messages([b"request", b"body"], eof=True)
+        peer = MessageStream(await right.accept_stream())
+        assert [m async for m in peer] == [b"request", b"body"]
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.send_all(b"more")

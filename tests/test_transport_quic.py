@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 from _helpers import (
     client_tls,
@@ -24,8 +25,10 @@ from midswarm.transport import (
     MessageStream,
     QuicConfig,
     QuicConnection,
+    QuicStream,
     SessionTicketStore,
     connect_quic,
+    serve_streams,
 )
 
 # --- echo -----------------------------------------------------------------------
@@ -227,3 +230,91 @@ async def test_rejected_early_data_is_resent(certs: Path) -> None:
                 await conn.wait_handshake()
                 assert not conn.session_resumed
                 assert not conn.early_data_accepted
+
+
+# --- a request and its reply, one packet each ---------------------------------------
+
+
+async def test_messages_and_fin_share_one_datagram_each_way(certs: Path) -> None:
+    """``send_messages(..., eof=True)``: a request of two messages and its FIN
+    leave in one datagram, and so do the reply's two messages and FIN."""
+    async def reply(raw: QuicStream) -> None:
+        stream = MessageStream(raw)
+        request = [m async for m in stream]  # to the client's FIN
+        await stream.send_messages([b"ok", b"|".join(request)], eof=True)
+
+    async def reply_handler(conn: QuicConnection) -> None:
+        await serve_streams(conn, reply)
+
+    async with quic_pair(reply_handler, certs) as (listener, conn):
+        with trio.fail_after(10):
+            # What the handshake leaves to send (its last ACKs, a path MTU
+            # probe) goes with a first exchange, before counting starts.
+            await echo_messages(conn)
+            (server_conn,) = listener.connections
+            by_client = count_datagrams(conn)
+            by_server = count_datagrams(server_conn)
+            stream = MessageStream(await conn.open_stream())
+            await stream.send_messages([b"header", b"body" * 50], eof=True)
+            assert len(by_client) == 1  # both messages and the FIN
+            assert [m async for m in stream] == [b"ok", b"header|" + b"body" * 50]
+            assert len(by_server) == 1  # the reply's messages, its FIN and our ACK
+
+
+def count_datagrams(conn: QuicConnection) -> list[int]:
+    """From now on, the sizes of the datagrams ``conn``'s endpoint sends."""
+    endpoint = conn._endpoint
+    sent: list[int] = []
+    send_datagrams = endpoint.send_datagrams
+
+    def counting(datagrams: list[tuple[bytes, object]]) -> None:
+        sent.extend(len(d) for d, _ in datagrams)
+        send_datagrams(datagrams)
+
+    endpoint.send_datagrams = counting  # type: ignore[method-assign]
+    return sent
+
+
+async def echo_messages(conn: QuicConnection) -> None:
+    stream = MessageStream(await conn.open_stream())
+    await stream.send_messages([b"warm"], eof=True)
+    assert [m async for m in stream] == [b"ok", b"warm"]
+
+
+async def test_fin_of_a_finished_exchange_rides_on_the_next_request(certs: Path) -> None:
+    """Closing a stream whose reply was read to the end queues its FIN: the
+    next request carries it (one datagram for both), and a FIN with nothing
+    to ride on still leaves, by itself, soon after."""
+    ends: list[trio.Event] = []
+
+    async def answer_then_wait_for_fin(raw: QuicStream) -> None:
+        stream = MessageStream(raw)
+        got = trio.Event()
+        ends.append(got)
+        request = await stream.receive_message()
+        await stream.send_messages([request], eof=True)
+        with pytest.raises(trio.EndOfChannel):
+            await stream.receive_message()  # the client's FIN
+        got.set()
+
+    async def handler(conn: QuicConnection) -> None:
+        await serve_streams(conn, answer_then_wait_for_fin)
+
+    async def exchange(conn: QuicConnection, data: bytes) -> MessageStream:
+        stream = MessageStream(await conn.open_stream())
+        await stream.send_message(data)
+        assert [m async for m in stream] == [data]
+        return stream
+
+    async with quic_pair(handler, certs) as (_, conn):
+        with trio.fail_after(10):
+            await (await exchange(conn, b"warm up")).aclose()
+            await ends[0].wait()  # alone, within LAZY_FIN_DELAY
+            first = await exchange(conn, b"first")
+            sent = count_datagrams(conn)
+            await first.aclose()
+            second = MessageStream(await conn.open_stream())
+            await second.send_message(b"second")
+            assert len(sent) == 1  # the request, and the first stream's FIN in it
+            await ends[1].wait()
+            assert [m async for m in second] == [b"second"]

@@ -143,8 +143,7 @@ class RemoteCoordinator(TaskMapping):
         ms = MessageStream(stream)
         answered = False
         try:
-            await ms.send_message(encode(header or ClientRequest()))
-            await ms.send_message(encode(body))
+            await ms.send_messages([encode(header or ClientRequest()), encode(body)])
             reply = decode(await ms.receive_message(), ClientReply)
             result = decode(await ms.receive_message()) if reply.ok else None
             answered = True

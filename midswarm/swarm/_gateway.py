@@ -132,10 +132,9 @@ async def _serve_request(stream: Any, coord: Coordinator, client_id: str) -> Non
         log.debug("client %s abandoned a %s request", client_id, type(body).__name__)
         return
     try:
-        await ms.send_message(encode(reply))
-        if reply.ok:
-            await ms.send_message(encode(result))
-        await ms.send_eof()
+        # The reply, its result and the FIN: one packet for a small result.
+        await ms.send_messages([encode(reply), encode(result)] if reply.ok else [encode(reply)],
+                               eof=True)
     except CONNECTION_ERRORS:
         return
     except TypeError as exc:  # a result the codec cannot carry: a bug, say so

@@ -127,6 +127,7 @@ class ConnectionDriver:
     _flush_pending: bool
     _flush_late: bool
     _dirty: bool
+    _send_by: float
     _first_flight: bool
     _early_read: bool
     _on_ready: Callable[[Any], None] | None
@@ -242,6 +243,14 @@ class ConnectionDriver:
             if self._timer_scope is not None:
                 self._timer_scope.cancel()
 
+    def _send_within(self, delay: float) -> None:
+        """Have what is queued leave within ``delay`` seconds: with the next
+        datagram sent for any other reason, or by the timer task then (see
+        :meth:`_rearm`)."""
+        self._send_by = min(self._send_by, trio.current_time() + delay)
+        if self._send_by < self._deadline:
+            self._set_deadline(self._send_by)
+
     def _pump(self, *, with_ack: bool = False) -> None:
         """Process pending events, transmit, re-arm the timer.  Never awaits.
 
@@ -328,6 +337,11 @@ class ConnectionDriver:
         ka = self.config.keep_alive_interval
         if ka is not None and self._handshake_done.is_set():
             deadline = min(deadline, self._last_send + ka)
+        if self._send_by != math.inf:
+            if machine.ms_quiet():
+                self._send_by = math.inf  # it left with something else
+            elif self._send_by < deadline:
+                deadline = self._send_by
         if deadline != self._deadline:
             self._set_deadline(deadline)
 
@@ -450,6 +464,9 @@ class ConnectionDriver:
                     self._ping_uid += 1
                     machine.send_ping(self._ping_uid)
                 self._deadline = math.inf  # force re-arm
+                # Whatever _send_within queued leaves now, as far as congestion
+                # control lets it (then ACKs re-arm the sending, not this).
+                self._send_by = math.inf
                 self._pump()
         finally:
             self._timer_scope = None

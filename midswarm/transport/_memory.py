@@ -72,7 +72,11 @@ class MemoryStream(trio.abc.HalfCloseableStream):
             raise _broken(f"connection closed: {self._conn._close_reason}",
                           self._conn._close_code)
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    #: ``send_all(data, eof=True)`` half-closes with the data, as ``QuicStream``'s does.
+    sends_eof_with_data = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview, *, eof: bool = False
+                       ) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_send()
         pipe = self._send
@@ -81,6 +85,10 @@ class MemoryStream(trio.abc.HalfCloseableStream):
             self._check_send()
         if data:
             pipe.chunks.append(bytes(data))
+        if eof:
+            self._send_closed = True
+            pipe.eof = True
+        if data or eof:
             pipe.readable.unpark_all()
         await trio.lowlevel.cancel_shielded_checkpoint()
 

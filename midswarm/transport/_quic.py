@@ -75,6 +75,7 @@ class QuicConnection(ConnectionDriver):
         self._flush_pending = False  # the timer task will flush held writes
         self._flush_late = False  # ... after one more scheduling round
         self._dirty = False  # a write is waiting for that flush
+        self._send_by = math.inf  # queued frames leave by then at the latest (_send_within)
         self._first_flight = False  # held until the first write (see connect_quic)
         self._early_read = False  # see first_datagram_received
         self.peer_identity: str | None = None

@@ -16,6 +16,10 @@ __all__ = ["QuicStream", "APPLICATION_ERROR_CLOSED"]
 #: Application error code for a stream reset because its owner closed it early.
 APPLICATION_ERROR_CLOSED = 0x1
 
+#: Seconds the FIN of a finished exchange may wait for other data to ride on
+#: (see ``QuicStream.aclose``): a client's next request comes well within it.
+LAZY_FIN_DELAY = 0.002
+
 
 class QuicStream(trio.abc.HalfCloseableStream):
     """A bidirectional QUIC stream with the Trio stream interface.
@@ -67,7 +71,13 @@ class QuicStream(trio.abc.HalfCloseableStream):
             return exc
         return self._conn._broken_error()
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    #: ``send_all(data, eof=True)`` sends the FIN with the data (see ``MessageStream``).
+    sends_eof_with_data = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview, *, eof: bool = False
+                       ) -> None:
+        """Write ``data``; with ``eof=True`` also end our direction, the FIN in the
+        data's last packet (``send_all`` then ``send_eof`` would send it apart)."""
         if self._send_conflict:
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._send_conflict = True
@@ -84,10 +94,14 @@ class QuicStream(trio.abc.HalfCloseableStream):
                 # Chunks of at most one watermark keep memory bounded even for a
                 # single huge write.
                 chunk = view[pos:pos + watermark]
-                conn._machine.send_stream_data(self.stream_id, bytes(chunk))
                 pos += len(chunk)
+                last = pos >= total
+                if eof and last:
+                    self._send_closed = True
+                conn._machine.send_stream_data(self.stream_id, bytes(chunk),
+                                               end_stream=eof and last)
                 conn._transmit_soon()
-                if pos >= total:
+                if last:
                     break
             await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
@@ -297,6 +311,12 @@ class QuicStream(trio.abc.HalfCloseableStream):
 
         Sends FIN if we had not, and if the peer's data was not read to the end,
         asks the peer to stop sending.  Never blocks for long.
+
+        A stream whose peer already finished (a request whose reply was read
+        to the end) has nothing left to hurry: its FIN leaves with whatever
+        the connection sends within ``LAZY_FIN_DELAY`` -- typically the next
+        request, which then carries it at no cost -- rather than in a datagram
+        of its own that the peer must wake up for and acknowledge.
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
@@ -304,6 +324,7 @@ class QuicStream(trio.abc.HalfCloseableStream):
         conn = self._conn
         if not conn._terminated:
             machine = conn._machine
+            only_fin = self._eof
             try:
                 if not self._send_closed and self._stop_code is None:
                     self._send_closed = True
@@ -312,7 +333,10 @@ class QuicStream(trio.abc.HalfCloseableStream):
                     machine.stop_stream(self.stream_id, APPLICATION_ERROR_CLOSED)
             except (ValueError, RuntimeError):
                 pass
-            conn._pump()
+            if only_fin:
+                conn._send_within(LAZY_FIN_DELAY)
+            else:
+                conn._pump()
         self._closed = True
         self._wake()
         conn._forget(self)
