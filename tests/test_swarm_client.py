@@ -269,6 +269,31 @@ async def test_a_cancelled_submit_is_abandoned_on_the_coordinator(
         assert (await client.submit(FeatureTask(np.ones((1, 5))))).names == ["a1"]
 
 
+async def test_a_cancelled_submit_is_abandoned_over_a_stream_without_callbacks(
+        certs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # An in-memory client connection: its streams have no readable callback,
+    # so the coordinator watches a request's stream with a task instead.
+    caplog.set_level(logging.DEBUG, logger="midswarm.swarm")
+    async with coordinator_with(certs, {"a1": ["feature_engineer"]},
+                                {"feature_engineer": Features}) as coord, \
+            trio.open_nursery() as nursery:
+        client_end, server_end = memory_connection_pair(client_identity="m1",
+                                                        server_identity=coord.coordinator_id)
+        coord.attach(server_end)
+        control = MessageStream(await client_end.open_stream())
+        await control.send_message(encode(ClientHello("m1")))
+        welcome = decode(await control.receive_message(), ClientWelcome)
+        client = RemoteCoordinator(client_end, "m1", welcome, nursery)
+        with trio.move_on_after(0.3) as scope:
+            await client.submit(FeatureTask(np.ones((1, 5)), {"sleep": 1.0}))
+        assert scope.cancelled_caught
+        with trio.fail_after(5):
+            while "client m1 abandoned a FeatureTask request" not in caplog.text:
+                await trio.sleep(0.01)
+        assert (await client.submit(FeatureTask(np.ones((1, 5))))).names == ["a1"]
+        client_end.close(0, "")
+
+
 async def test_shutdown_finishes_requests_in_flight_then_ends_the_session(
         certs: Path) -> None:
     stop = trio.Event()

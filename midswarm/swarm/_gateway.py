@@ -19,6 +19,8 @@ other requests are not touched.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -102,10 +104,18 @@ async def serve_client(coord: Coordinator, conn: Any, control: MessageStream,
 
 async def _serve_request(stream: Any, coord: Coordinator, client_id: str) -> None:
     ms = MessageStream(stream)
+    header: ClientRequest | None = None
     try:
-        with trio.fail_after(coord.config.hello_timeout):
-            header = decode(await ms.receive_message(), ClientRequest)
-            body = decode(await ms.receive_message())
+        try:
+            # A request's two messages come in one packet: usually both are
+            # here when its stream is accepted.
+            header = decode(ms.receive_message_nowait(), ClientRequest)
+            body = decode(ms.receive_message_nowait())
+        except trio.WouldBlock:
+            with trio.fail_after(coord.config.hello_timeout):
+                if header is None:
+                    header = decode(await ms.receive_message(), ClientRequest)
+                body = decode(await ms.receive_message())
         if type(body) not in REQUESTS:
             names = ", ".join(sorted(cls.__name__ for cls in REQUESTS))
             raise ProtocolError(f"a request body must be one of {names}; got "
@@ -117,18 +127,20 @@ async def _serve_request(stream: Any, coord: Coordinator, client_id: str) -> Non
     except trio.TooSlowError:
         await ms.abort_framing("the request was not sent in time")
         return
+    except trio.EndOfChannel:
+        await ms.abort_framing("the stream ended before the request was whole")
+        return
     except CONNECTION_ERRORS:
         return
     reply: ClientReply | None = None
     result: Any = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_abandon, ms, nursery.cancel_scope)
-        try:
-            reply, result = await _run(coord, header, body)
-        except Exception as exc:
-            reply = failure_reply(exc)
-        nursery.cancel_scope.cancel()
-    if reply is None:
+    with trio.CancelScope() as abandoned:
+        async with _watch_abandon(ms, abandoned):
+            try:
+                reply, result = await _run(coord, header, body)
+            except Exception as exc:
+                reply = failure_reply(exc)
+    if abandoned.cancelled_caught or reply is None:
         log.debug("client %s abandoned a %s request", client_id, type(body).__name__)
         return
     try:
@@ -142,7 +154,34 @@ async def _serve_request(stream: Any, coord: Coordinator, client_id: str) -> Non
         await ms.abort_framing(f"the result cannot be encoded: {exc}")
 
 
-async def _watch_abandon(ms: MessageStream, scope: trio.CancelScope) -> None:
+@asynccontextmanager
+async def _watch_abandon(ms: MessageStream, scope: trio.CancelScope) -> AsyncIterator[None]:
+    """Cancel ``scope`` if anything arrives on the request's stream while the
+    block runs -- more data, its end, a reset: the client gave the request up
+    (it sends nothing more until it has its reply).  A QUIC stream says so
+    from its receive processing; others need a task reading."""
+    set_callback = getattr(ms.stream, "set_readable_callback", None)
+    if set_callback is None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_until_anything, ms, scope)
+            yield
+            nursery.cancel_scope.cancel()
+        return
+    set_callback(scope.cancel)
+    try:
+        try:
+            ms.receive_message_nowait()
+            scope.cancel()  # a third message
+        except trio.WouldBlock:
+            pass
+        except (ProtocolError, trio.EndOfChannel, *CONNECTION_ERRORS):
+            scope.cancel()
+        yield
+    finally:
+        set_callback(None)
+
+
+async def _read_until_anything(ms: MessageStream, scope: trio.CancelScope) -> None:
     try:
         await ms.receive_message()
     except (ProtocolError, *CONNECTION_ERRORS):

@@ -337,11 +337,18 @@ class ConnectionDriver:
         ka = self.config.keep_alive_interval
         if ka is not None and self._handshake_done.is_set():
             deadline = min(deadline, self._last_send + ka)
-        if self._send_by != math.inf:
-            if machine.ms_quiet():
-                self._send_by = math.inf  # it left with something else
-            elif self._send_by < deadline:
-                deadline = self._send_by
+        send_by = self._send_by
+        if send_by != math.inf:
+            if not machine.ms_quiet():
+                deadline = min(deadline, send_by)
+            else:
+                # It left with something else.  The timer task was armed for
+                # it alone: re-file its scope rather than wake it for nothing
+                # (a wake costs more than the re-filing _set_deadline avoids).
+                self._send_by = math.inf
+                scope = self._timer_scope
+                if self._armed == send_by and scope is not None and deadline > send_by:
+                    self._armed = scope.deadline = deadline
         if deadline != self._deadline:
             self._set_deadline(deadline)
 
