@@ -260,13 +260,7 @@ async def test_a_cancelled_submit_is_abandoned_on_the_coordinator(
     async with coordinator_with(certs, {"a1": ["feature_engineer"]},
                                 {"feature_engineer": Features}) as coord, \
             connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2")) as client:
-        with trio.move_on_after(0.3) as scope:
-            await client.submit(FeatureTask(np.ones((1, 5)), {"sleep": 1.0}))
-        assert scope.cancelled_caught
-        with trio.fail_after(5):
-            while "client a2 abandoned a FeatureTask request" not in caplog.text:
-                await trio.sleep(0.01)
-        assert (await client.submit(FeatureTask(np.ones((1, 5))))).names == ["a1"]
+        await cancel_a_submit_and_see_it_abandoned(client, "a2", caplog)
 
 
 async def test_a_cancelled_submit_is_abandoned_over_a_stream_without_callbacks(
@@ -284,14 +278,21 @@ async def test_a_cancelled_submit_is_abandoned_over_a_stream_without_callbacks(
         await control.send_message(encode(ClientHello("m1")))
         welcome = decode(await control.receive_message(), ClientWelcome)
         client = RemoteCoordinator(client_end, "m1", welcome, nursery)
-        with trio.move_on_after(0.3) as scope:
-            await client.submit(FeatureTask(np.ones((1, 5)), {"sleep": 1.0}))
-        assert scope.cancelled_caught
-        with trio.fail_after(5):
-            while "client m1 abandoned a FeatureTask request" not in caplog.text:
-                await trio.sleep(0.01)
-        assert (await client.submit(FeatureTask(np.ones((1, 5))))).names == ["a1"]
+        await cancel_a_submit_and_see_it_abandoned(client, "m1", caplog)
         client_end.close(0, "")
+
+
+async def cancel_a_submit_and_see_it_abandoned(client: RemoteCoordinator, client_id: str,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A submit cancelled on the client is abandoned on the coordinator, and
+    the next one is served."""
+    with trio.move_on_after(0.3) as scope:
+        await client.submit(FeatureTask(np.ones((1, 5)), {"sleep": 1.0}))
+    assert scope.cancelled_caught
+    with trio.fail_after(5):
+        while f"client {client_id} abandoned a FeatureTask request" not in caplog.text:
+            await trio.sleep(0.01)
+    assert (await client.submit(FeatureTask(np.ones((1, 5))))).names == ["a1"]
 
 
 async def test_shutdown_finishes_requests_in_flight_then_ends_the_session(
