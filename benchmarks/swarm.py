@@ -63,7 +63,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 # Before numba loads: OpenMP workers that spin after each parallel region eat
 # the cores of the other processes on these 2-core machines (this process's
@@ -142,7 +142,7 @@ async def open_client(port: int, certs: str, sizes: tuple[int, int, int]) -> Cli
 
 
 async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget: float,
-                  block: int, agent_cpus: str = "any", remote: bool = True
+                  block: int, agent_cpus: Literal["any", "spread"] = "any", remote: bool = True
                   ) -> list[dict[str, Any]]:
     """Open both swarms (and the remote client), then time the ways query by
     query, interleaved (so load drifting on a shared machine hits them alike),

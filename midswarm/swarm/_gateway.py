@@ -140,7 +140,7 @@ async def _serve_request(stream: Any, coord: Coordinator, client_id: str) -> Non
                 reply, result = await _run(coord, header, body)
             except Exception as exc:
                 reply = failure_reply(exc)
-    if abandoned.cancelled_caught or reply is None:
+    if reply is None:  # the scope was cancelled: the client gave the request up
         log.debug("client %s abandoned a %s request", client_id, type(body).__name__)
         return
     try:

@@ -324,16 +324,17 @@ class QuicStream(trio.abc.HalfCloseableStream):
         conn = self._conn
         if not conn._terminated:
             machine = conn._machine
-            only_fin = self._eof
+            lazy = False
             try:
                 if not self._send_closed and self._stop_code is None:
                     self._send_closed = True
                     machine.send_stream_data(self.stream_id, b"", end_stream=True)
+                    lazy = self._eof  # a FIN is all that goes, the peer is done
                 if not self._eof and self._reset_code is None:
                     machine.stop_stream(self.stream_id, APPLICATION_ERROR_CLOSED)
             except (ValueError, RuntimeError):
                 pass
-            if only_fin:
+            if lazy:
                 conn._send_within(LAZY_FIN_DELAY)
             else:
                 conn._pump()
