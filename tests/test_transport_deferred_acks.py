@@ -32,6 +32,7 @@ def _send(a: Machine, b: Machine, sid: int, data: bytes, now: float) -> None:
         space.ack_at = now  # what the driver does for a write
     for datagram, _ in a.datagrams_to_send(now):
         b.receive_datagram(datagram, ADDR, now)
+    a.ms_record()  # as the driver does once the datagrams left
 
 
 def _request_reply(client: Machine, server: Machine, now: float = 1.0) -> int:

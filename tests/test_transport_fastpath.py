@@ -32,9 +32,9 @@ def _exchange(a: Machine, b: Machine, now: float) -> None:
         b.receive_datagram(data, ADDR, now)
 
 
-def connected_pair(certs: Path) -> tuple[Machine, Machine]:
+def connected_pair(certs: Path, cfg: QuicConfig | None = None) -> tuple[Machine, Machine]:
     """A client and a server machine with a confirmed handshake."""
-    cfg = QuicConfig()
+    cfg = QuicConfig() if cfg is None else cfg
     server_conf = _base_configuration(cfg, is_client=False, handshake_size=1452)
     server_conf.load_cert_chain(certs / "coordinator.pem", certs / "coordinator.key")
     client_conf = _base_configuration(cfg, is_client=True, handshake_size=1452)
@@ -68,7 +68,7 @@ def machines(certs: Path) -> tuple[Machine, Machine]:
 
 
 def _open_stream(client: Machine, server: Machine) -> int:
-    """A client stream the server knows of (its first packet went the general way)."""
+    """A client stream the server knows of."""
     sid = client.get_next_available_stream_id()
     client.send_stream_data(sid, b"open")
     _exchange(client, server, 1.0)
@@ -83,7 +83,7 @@ def test_fast_packets_are_read_by_aioquics_general_code(
         machines: tuple[Machine, Machine]) -> None:
     client, server = machines
     sid = client.get_next_available_stream_id()
-    client.send_stream_data(sid, b"first")  # a new stream: the general path
+    client.send_stream_data(sid, b"first")
     _exchange(client, server, 1.0)
     server._events.clear()
     client.send_stream_data(sid, b"hello")
@@ -170,6 +170,52 @@ def test_fast_receive_declines_an_unknown_address(machines: tuple[Machine, Machi
     client.send_stream_data(sid, b"moved")
     sent = client.datagrams_to_send(1.1)
     assert not fast_receive_datagram(server, sent[0][0], ("127.0.0.2", 9), 1.1)
+
+
+def test_a_stream_per_request_takes_the_fast_path(
+        certs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests on streams of their own, as a remote client makes them: the
+    packet that opens a stream and the one after a stream finished are built
+    by the fast path at both ends; finished streams are discarded at both
+    ends; the server's MAX_STREAMS still goes (by the general path) when
+    aioquic's batching rule says so, so the client opens streams far past
+    the first limit."""
+    client, server = connected_pair(certs, QuicConfig(max_concurrent_streams=8))
+    general: Counter[str] = Counter()
+    aioquic_send = AioQuicConnection.datagrams_to_send
+
+    def counting(m: Machine, now: float) -> Any:
+        general["client" if m._is_client else "server"] += 1
+        return aioquic_send(m, now)
+
+    def send(a: Machine, b: Machine, now: float) -> None:
+        space = a.ms_space
+        if space.ack_at is not None:
+            space.ack_at = now  # data carries the pending ACK, as the driver has it
+        for datagram, _ in a.datagrams_to_send(now):
+            b.receive_datagram(datagram, ADDR, now)
+        a.ms_record()  # what the driver does after the syscall ...
+        a.ms_apply_acks()  # ... and after the reply left
+
+    monkeypatch.setattr(AioQuicConnection, "datagrams_to_send", counting)
+    requests = 40
+    now = 1.0
+    for i in range(requests):
+        sid = client.get_next_available_stream_id()
+        client.send_stream_data(sid, b"request %d" % i, end_stream=True)
+        send(client, server, now)
+        assert _stream_data(server) == [b"request %d" % i]
+        server._events.clear()
+        server.send_stream_data(sid, b"reply %d" % i, end_stream=True)
+        send(server, client, now + 0.0002)
+        assert _stream_data(client) == [b"reply %d" % i]
+        client._events.clear()
+        now += 0.001
+    assert sid == 4 * (requests - 1)  # five times the server's first limit
+    assert general["client"] == 0, general
+    # MAX_STREAMS once every few requests (with a limit of 8, about every 4th).
+    assert 0 < general["server"] <= requests // 3, general
+    assert len(client._streams) <= 2 and len(server._streams) <= 2
 
 
 # --- over real sockets ----------------------------------------------------------------

@@ -396,9 +396,7 @@ class ConnectionDriver:
     def datagram_received(self, data: bytes, addr: Any, now: float) -> None:
         """Feed one datagram; the caller calls :meth:`_process_received` once
         per batch."""
-        machine = self._machine
-        machine.receive_datagram(data, addr, now)
-        machine.ms_received = True
+        self._machine.receive_datagram(data, addr, now)
 
     def first_datagram_received(self, data: bytes, addr: Any, now: float,
                                 initial_length: int) -> None:

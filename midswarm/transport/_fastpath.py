@@ -26,8 +26,7 @@ logging on                 qlog wants every frame described
 control frame pending      PING, HANDSHAKE_DONE, NEW/RETIRE_CONNECTION_ID,
                            STREAMS_BLOCKED, DATAGRAM, CRYPTO, MAX_DATA,
                            MAX_STREAMS, path frames, probes
-stream needs non-data      RESET_STREAM, STOP_SENDING, MAX_STREAM_DATA,
-                           finished (must be discarded), new streams
+stream needs non-data      RESET_STREAM, STOP_SENDING, MAX_STREAM_DATA
 ACK of several ranges      may need an ACK-of-ACK PING
 paced or window full       the general path computes the pacing timer
 more than one packet       bulk data: the general path packs many packets
@@ -42,6 +41,10 @@ other address or CID       migration, path validation, CID rotation
 0-RTT keys still held      server must drop them on the first 1-RTT packet
 logging on                 qlog
 ========================  ==================================================
+
+Once the connection is known steady, :func:`settle_streams` files new streams and
+discards finished ones, as aioquic's general code would before building a
+packet, so a stream per request (a remote client's calls) stays on this path.
 
 Frames inside a received packet are dispatched to aioquic's frame handlers,
 so every frame type is handled exactly as aioquic handles it; the one
@@ -70,6 +73,7 @@ from aioquic.quic.connection import (
     QuicConnectionError,
     QuicConnectionState,
     QuicReceiveContext,
+    stream_is_client_initiated,
 )
 from aioquic.quic.crypto import CryptoError, KeyUnavailableError
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType, push_ack_frame
@@ -80,7 +84,7 @@ if TYPE_CHECKING:
     from ._machine import Machine
 
 __all__ = ["apply_ack", "control_clear", "fast_datagrams_to_send", "fast_receive_datagram",
-           "parse_ack", "record_sent"]
+           "parse_ack", "record_sent", "settle_streams"]
 
 _CONNECTED = QuicConnectionState.CONNECTED
 _ONE_RTT = tls.Epoch.ONE_RTT
@@ -101,8 +105,48 @@ _STREAM_ROOM = 1 + 8 + 8 + 2
 _ACK_ROOM = 1 + 4 * 8
 
 
+def settle_streams(m: Machine) -> None:
+    """The stream bookkeeping aioquic's ``_write_application`` does first,
+    which needs no packet: file the streams created since the last send, and
+    discard the closing streams that finished since a datagram arrived.
+
+    Either path would do exactly this before building anything, so doing it
+    here changes nothing but which path can build: without it, every
+    request on a stream of its own (a remote client's call) took aioquic's
+    general path twice at each end — once for the new stream, once for the
+    finished one.  A stream is filed as ``Machine._write_application`` files
+    it: in view if it has something to send, closing if it is on its way to
+    finishing, else nowhere (it returns to view when written to).  A
+    discarded stream the peer opened lets the peer open another, as in
+    aioquic (RFC 9000 section 4.6); the MAX_STREAMS that announces it is
+    batched by :func:`control_clear`'s rule.
+    """
+    queue = m._streams_queue
+    if queue:
+        m._streams_queue = []
+        active, closing = m.ms_active, m.ms_closing
+        for stream in queue:
+            sid = stream.stream_id
+            if m._ms_has_work(stream):
+                active[sid] = stream  # type: ignore[index]
+            elif m._ms_is_closing(stream):
+                closing[sid] = stream  # type: ignore[index]
+    if m.ms_received:
+        m.ms_received = False
+        closing = m.ms_closing
+        if closing:
+            is_client = m._is_client
+            for sid in [sid for sid, stream in closing.items() if stream.is_finished]:
+                del closing[sid]
+                m.ms_active.pop(sid, None)
+                del m._streams[sid]
+                if stream_is_client_initiated(sid) != is_client:
+                    m._stream_limit(sid).value += 1
+
+
 def control_clear(m: Machine) -> bool:
-    """True if no connection-level frame other than ACK is waiting."""
+    """True if no connection-level frame other than ACK is waiting (after
+    :func:`settle_streams`, which files what would otherwise wait)."""
     if (m._handshake_done_pending or m._retire_connection_ids or m._streams_blocked_pending
             or m._ping_pending or m._probe_pending or m._datagrams_pending
             or m._streams_queue or m._ms_rescan or (m.ms_received and m.ms_closing)):
@@ -115,8 +159,12 @@ def control_clear(m: Machine) -> bool:
     max_data = m._local_max_data
     if max_data.used * 2 > max_data.value or max_data.sent != max_data.value:
         return False
-    return (m._local_max_streams_bidi.sent == m._local_max_streams_bidi.value
-            and m._local_max_streams_uni.sent == m._local_max_streams_uni.value)
+    for limit in (m._local_max_streams_bidi, m._local_max_streams_uni):
+        # aioquic's batching: MAX_STREAMS goes once the peer has fewer streams
+        # left to open than the update would grant.
+        if limit.value != limit.sent and limit.sent - limit.used < limit.value - limit.sent:
+            return False
+    return True
 
 
 def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | None:
@@ -128,6 +176,7 @@ def fast_datagrams_to_send(m: Machine, now: float) -> list[tuple[bytes, Any]] | 
     path = m._network_paths[0]
     if not path.is_validated or path.remote_challenges:
         return None
+    settle_streams(m)
     space = m.ms_space
     ack_at = space.ack_at
     ack_due = ack_at is not None and ack_at <= now

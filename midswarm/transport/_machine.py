@@ -31,6 +31,7 @@ from ._fastpath import (
     fast_receive_datagram,
     parse_ack,
     record_sent,
+    settle_streams,
 )
 
 __all__ = ["Machine"]
@@ -267,6 +268,8 @@ class Machine(_AioQuicConnection):
     def ms_quiet(self) -> bool:
         """True if nothing but an ACK could be sent now: no stream has data or
         frames waiting and no connection-level frame is due."""
+        if self.ms_steady():
+            settle_streams(self)
         return not self.ms_active and control_clear(self)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
@@ -434,6 +437,7 @@ class Machine(_AioQuicConnection):
         if not fast_receive_datagram(self, data, addr, now):
             self.ms_apply_acks()
             super().receive_datagram(data, addr, now)
+        self.ms_received = True
 
     def get_timer(self) -> float | None:
         self.ms_apply_acks()
