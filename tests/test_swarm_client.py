@@ -18,7 +18,7 @@ import pytest
 import trio
 from _helpers import coordinator_process
 
-from midswarm.actors import Actor, ActorFailed
+from midswarm.actors import Actor, ActorFailed, Backoff
 from midswarm.swarm import (
     ClientRefused,
     ConfigError,
@@ -414,3 +414,119 @@ async def test_a_client_with_a_ticket_resumes_and_says_hello_in_early_data(
                                        session_tickets=stale) as client:
             assert not client._conn.session_resumed
             assert (await client.status()).coordinator_id == coord.config.coordinator_id
+
+
+# --- reconnecting ------------------------------------------------------------------------
+
+FAST_BACKOFF = Backoff(initial=0.05, maximum=0.2)
+
+
+def coordinator_tls(certs: Path) -> ServerTLS:
+    return ServerTLS(certs / "coordinator.pem", certs / "coordinator.key", ca=certs / "ca.pem",
+                     require_client_cert=True)
+
+
+async def serve_until(certs: Path, config: CoordinatorConfig, port: int, stop: trio.Event, *,
+                      task_status: trio.TaskStatus[Coordinator] = trio.TASK_STATUS_IGNORED
+                      ) -> None:
+    """A coordinator on ``port`` (0: any) until ``stop`` is set."""
+    async with open_coordinator(port, tls=coordinator_tls(certs), config=config) as coord:
+        task_status.started(coord)
+        await stop.wait()
+
+
+async def until_disconnected(client: RemoteCoordinator) -> None:
+    while client.connected:
+        await client._changed.wait()
+
+
+async def test_a_reconnecting_client_outlives_a_coordinator_restart(certs: Path) -> None:
+    """With ``reconnect`` the client connects again when its coordinator
+    comes back on the same port, and a call made while none runs waits for
+    it.  A coordinator that then refuses the client closes it for good."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            stop_first = trio.Event()
+            first = await nursery.start(functools.partial(
+                serve_until, certs, CoordinatorConfig(coordinator_id="first"), 0, stop_first))
+            assert first.port is not None
+            port = first.port
+            async with connect_coordinator(("127.0.0.1", port), "a2", tls=tls_for(certs, "a2"),
+                                           reconnect=True, backoff=FAST_BACKOFF) as client:
+                assert (await client.status()).coordinator_id == "first"
+                stop_first.set()
+                await until_disconnected(client)
+                assert not client.closed
+                stop_second = trio.Event()
+
+                async def second_later() -> None:
+                    await trio.sleep(0.5)  # a few failed attempts first
+                    await nursery.start(functools.partial(
+                        serve_until, certs, CoordinatorConfig(coordinator_id="second"), port,
+                        stop_second))
+
+                nursery.start_soon(second_later)
+                assert (await client.status()).coordinator_id == "second"
+                assert client.connected and client.coordinator_id == "second"
+
+                stop_second.set()
+                await until_disconnected(client)
+                nursery.start_soon(functools.partial(
+                    serve_until, certs, CoordinatorConfig(coordinator_id="third",
+                                                          clients=["someone-else"]),
+                    port, trio.Event()))
+                reason = await client.wait_closed()
+                assert "refused the client on reconnecting" in reason
+                assert "'a2' may not submit work" in reason
+                with pytest.raises(CoordinatorClosed, match="refused the client"):
+                    await client.status()
+            nursery.cancel_scope.cancel()
+
+
+async def test_calls_wait_for_a_new_session_only_so_long(certs: Path) -> None:
+    """A coordinator that does not come back: calls raise CoordinatorClosed
+    after ``reconnect_wait``, the client keeps trying, and leaving the block
+    stops it."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            stop = trio.Event()
+            coord = await nursery.start(functools.partial(
+                serve_until, certs, CoordinatorConfig(), 0, stop))
+            async with connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2"),
+                                           reconnect=True, reconnect_wait=0.3,
+                                           backoff=FAST_BACKOFF) as client:
+                await client.status()
+                stop.set()
+                await until_disconnected(client)
+                start = trio.current_time()
+                with pytest.raises(CoordinatorClosed, match="no new one within 0.3 s"):
+                    await client.status()
+                assert trio.current_time() - start >= 0.3
+                assert not client.closed
+            assert client.closed and "the client left" in await client.wait_closed()
+
+
+async def test_a_call_running_when_the_connection_breaks_is_not_resent(certs: Path) -> None:
+    """The connection breaks under a running call: it raises CoordinatorClosed
+    (whether the coordinator did the work cannot be known) and is not sent
+    again; the client reconnects, resuming its TLS session, and goes on."""
+    async with coordinator_with(certs, {"a1": ["feature_engineer"]},
+                                {"feature_engineer": Features}) as coord:
+        async with connect_coordinator(address(coord), "a2", tls=tls_for(certs, "a2"),
+                                       reconnect=True, backoff=FAST_BACKOFF) as client:
+            first_conn = client._conn
+            assert not first_conn.session_resumed
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+
+                    async def slow() -> None:
+                        with pytest.raises(CoordinatorClosed, match="may or may not have run"):
+                            await client.submit(FeatureTask(np.ones((1, 5)), {"sleep": 0.5}))
+
+                    nursery.start_soon(slow)
+                    await trio.sleep(0.1)
+                    await first_conn.aclose()
+                block = await client.submit(FeatureTask(np.ones((1, 5))))
+                assert isinstance(block, FeatureBlock)
+                assert client._conn is not first_conn and client._conn.session_resumed
+            assert coord.stats.submitted == 2  # the broken call was not sent again
