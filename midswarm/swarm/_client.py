@@ -425,6 +425,8 @@ async def connect_coordinator(coordinator: tuple[str, int], client_id: str, *,
     :class:`CoordinatorClosed`; calls that were running when the connection
     broke raise it at once and are not re-sent.  Without ``reconnect`` the
     end of the session closes the client (:meth:`RemoteCoordinator.wait_closed`).
+    The first connection is never retried: its failure raises as above, so
+    a wrong address or certificate shows at once.
 
     ``session_tickets``: a :class:`~midswarm.transport.SessionTicketStore`
     (in memory, or in a file to carry over to the next process) makes the
