@@ -382,11 +382,12 @@ async def _run_sessions(open_session: Any, client_id: str, nursery: trio.Nursery
                 return
             client._close(f"the coordinator refused the client on reconnecting: {exc}")
             return
-        except Exception as exc:  # noqa: BLE001 -- any failure to connect is retried
+        except Exception as exc:  # any failure to connect is retried
             if client is None:
                 task_status.started(exc)
                 return
             why = f"reconnecting failed: {exc!r}"
+            client._session_lost(client._conn, why)  # if the session was up
             log.debug("client %s: %s", client_id, why, exc_info=True)
         if client.closed:
             return
