@@ -114,23 +114,17 @@ def settle_streams(m: Machine) -> None:
     here changes nothing but which path can build: without it, every
     request on a stream of its own (a remote client's call) took aioquic's
     general path twice at each end — once for the new stream, once for the
-    finished one.  A stream is filed as ``Machine._write_application`` files
-    it: in view if it has something to send, closing if it is on its way to
-    finishing, else nowhere (it returns to view when written to).  A
-    discarded stream the peer opened lets the peer open another, as in
+    finished one.  ``Machine._write_application`` starts with it too, and
+    new streams are filed by ``Machine.ms_file``, as every sent stream is.
+    A discarded stream the peer opened lets the peer open another, as in
     aioquic (RFC 9000 section 4.6); the MAX_STREAMS that announces it is
     batched by :func:`control_clear`'s rule.
     """
     queue = m._streams_queue
     if queue:
         m._streams_queue = []
-        active, closing = m.ms_active, m.ms_closing
         for stream in queue:
-            sid = stream.stream_id
-            if m._ms_has_work(stream):
-                active[sid] = stream  # type: ignore[index]
-            elif m._ms_is_closing(stream):
-                closing[sid] = stream  # type: ignore[index]
+            m.ms_file(stream, m.ms_active)
     if m.ms_received:
         m.ms_received = False
         closing = m.ms_closing
@@ -145,11 +139,11 @@ def settle_streams(m: Machine) -> None:
 
 
 def control_clear(m: Machine) -> bool:
-    """True if no connection-level frame other than ACK is waiting (after
-    :func:`settle_streams`, which files what would otherwise wait)."""
+    """True if no connection-level frame other than ACK is waiting; call
+    :func:`settle_streams` first (every caller does)."""
     if (m._handshake_done_pending or m._retire_connection_ids or m._streams_blocked_pending
             or m._ping_pending or m._probe_pending or m._datagrams_pending
-            or m._streams_queue or m._ms_rescan or (m.ms_received and m.ms_closing)):
+            or m._ms_rescan):
         return False
     if not m.ms_crypto_stream.sender.buffer_is_empty:
         return False

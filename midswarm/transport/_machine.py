@@ -203,25 +203,31 @@ class Machine(_AioQuicConnection):
 
     @staticmethod
     def _ms_is_closing(stream: _AioStream) -> bool:
-        # Closing streams must be seen once finished, so that aioquic discards
-        # them (which also lets the peer open another).  They finish only when
-        # a packet arrives (an ACK, a FIN, a reset), so they are shown to aioquic
-        # only on the first packet built after a receive.
+        # Closing streams must be discarded once finished (which also lets the
+        # peer open another).  They finish only when a packet arrives (an ACK,
+        # a FIN, a reset), so settle_streams checks them only after a receive.
         sender = stream.sender
         return (sender._buffer_fin is not None or sender._reset_error_code is not None
                 or stream.receiver.is_finished)
+
+    def ms_file(self, stream: _AioStream, active: dict[int, _AioStream]) -> None:
+        """Put ``stream`` where it belongs: last in ``active`` (the streams in
+        view) if it has something to send, among the closing ones if it is
+        finishing, else nowhere (a write brings it back into view)."""
+        sid = _sid(stream)
+        if self._ms_has_work(stream):
+            active[sid] = stream
+            self.ms_closing.pop(sid, None)
+        elif self._ms_is_closing(stream):
+            self.ms_closing[sid] = stream
 
     def ms_after_send(self, streams: list[_AioStream]) -> None:
         """After the fast path sent ``streams`` data: keep in view only those
         with more to send, served last next time; finished ones wait as closing."""
         active = self.ms_active
         for stream in streams:
-            sid = _sid(stream)
-            del active[sid]
-            if self._ms_has_work(stream):
-                active[sid] = stream
-            elif self._ms_is_closing(stream):
-                self.ms_closing[sid] = stream
+            del active[_sid(stream)]
+            self.ms_file(stream, active)
 
     # --- the fast path (see _fastpath.py) ---------------------------------------------
 
@@ -268,8 +274,7 @@ class Machine(_AioQuicConnection):
     def ms_quiet(self) -> bool:
         """True if nothing but an ACK could be sent now: no stream has data or
         frames waiting and no connection-level frame is due."""
-        if self.ms_steady():
-            settle_streams(self)
+        settle_streams(self)
         return not self.ms_active and control_clear(self)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
@@ -289,19 +294,13 @@ class Machine(_AioQuicConnection):
         return eliciting, probing
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
+        settle_streams(self)  # new streams in view, finished ones discarded
         streams = self._streams
-        active = self.ms_active
-        if self._streams_queue:  # streams aioquic created since the last call
-            for stream in self._streams_queue:
-                active[_sid(stream)] = stream
         if self._ms_rescan:
             self._ms_rescan = False
             view = dict(streams)
         else:
-            view = dict(active)
-        if self.ms_received:
-            self.ms_received = False
-            view.update(self.ms_closing)
+            view = dict(self.ms_active)
         shown = list(view)
         self._streams = view
         self._streams_queue = list(view.values())
@@ -318,14 +317,8 @@ class Machine(_AioQuicConnection):
                     closing.pop(sid, None)
             new_active: dict[int, _AioStream] = {}
             for stream in order:
-                sid = _sid(stream)
-                if sid not in view:
-                    continue
-                if self._ms_has_work(stream):
-                    new_active[sid] = stream
-                    closing.pop(sid, None)
-                elif self._ms_is_closing(stream):
-                    closing[sid] = stream
+                if _sid(stream) in view:
+                    self.ms_file(stream, new_active)
             self.ms_active = new_active
 
     def _initialize(self, peer_cid: bytes) -> None:
