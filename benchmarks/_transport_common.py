@@ -17,6 +17,7 @@ the whole message, so it needs no mode for that.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -138,3 +139,11 @@ class FrameParser:
 
 def frame(message: bytes) -> bytes:
     return HEADER.pack(len(message)) + message
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value

@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/swarm.py             # about 30 s
     python benchmarks/swarm.py --quick     # smoke run, everything shrunk
     python benchmarks/swarm.py --block 1   # the ways take turns every query
+    python benchmarks/swarm.py --matchers 1  # one matcher: no scatter, no merge
 
 One library of random-walk patterns, one set of query windows, the same
 search (banded DTW k-NN, z-normalised, k=10, band 8) three ways:
@@ -17,7 +18,10 @@ search (banded DTW k-NN, z-normalised, k=10, band 8) three ways:
     ``open_swarm({"pattern_matcher": 2}, spawn="process")``: a coordinator in
     this process, two ``midswarm agent`` processes on loopback QUIC with
     mutual TLS, the library sharded between them; each query is scattered to
-    both and their top-k merged.  ``--agent-cpus spread`` binds each agent
+    both and their top-k merged (``--matchers N`` shards it over N agents
+    instead: with 1, each query is one round trip to one agent, which
+    separates the cost of a QUIC hop from that of the scatter).
+    ``--agent-cpus spread`` binds each agent
     process to its own core (``open_swarm(agent_cpus="spread")``); by default
     the kernel places them.  Each matcher searches on one thread (its
     default ``threads``), in a worker thread of its agent; ``open_swarm``'s
@@ -73,7 +77,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import trio  # noqa: E402
-from _transport_common import cpu_seconds  # noqa: E402
+from _transport_common import cpu_seconds, positive_int  # noqa: E402
 
 from midswarm.kernels import PatternLibrary  # noqa: E402
 from midswarm.swarm import CoordinatorConfig, PatternMatchTask, open_swarm  # noqa: E402
@@ -142,8 +146,8 @@ async def open_client(port: int, certs: str, sizes: tuple[int, int, int]) -> Cli
 
 
 async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget: float,
-                  block: int, agent_cpus: Literal["any", "spread"] = "any", remote: bool = True
-                  ) -> list[dict[str, Any]]:
+                  block: int, agent_cpus: Literal["any", "spread"] = "any", remote: bool = True,
+                  matchers: int = 2) -> list[dict[str, Any]]:
     """Open both swarms (and the remote client), then time the ways query by
     query, interleaved (so load drifting on a shared machine hits them alike),
     then their pipelined throughput."""
@@ -151,10 +155,10 @@ async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget:
     params = {"k": K, "window": BAND}
     tasks = [PatternMatchTask(window=q, params=params) for q in qs]
     library = PatternLibrary(lib, BAND, True)
-    async with open_swarm({"pattern_matcher": 2}, spawn="process", config=cfg,
+    async with open_swarm({"pattern_matcher": matchers}, spawn="process", config=cfg,
                           parameters={"pattern_matcher": params},
                           agent_cpus=agent_cpus) as quic, \
-            open_swarm({"pattern_matcher": 2}, spawn="task", config=cfg,
+            open_swarm({"pattern_matcher": matchers}, spawn="task", config=cfg,
                        parameters={"pattern_matcher": params}) as memory:
         swarms = {"quic": quic, "memory": memory}
         ways: list[str] = list(swarms)
@@ -247,8 +251,8 @@ async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget:
                 client.proc.kill()
     names = {"kernel": f"kernel, in-process ({threads} threads)",
              "kernel1": "kernel, in-process (1 thread)",
-             "quic": "swarm, 2 agent processes (QUIC)",
-             "memory": "swarm, 2 in-process agents (memory)",
+             "quic": f"swarm, {_agents(matchers, 'agent process', 'processes')} (QUIC)",
+             "memory": f"swarm, {_agents(matchers, 'in-process agent', 'agents')} (memory)",
              "remote": "  same via a client process (QUIC)"}
     labels = {"quic": "QUIC", "memory": "memory", "remote": "client process"}
     rows = [{"name": names[key], "n": len(lat[key]), "p50": pct(lat[key], 0.5),
@@ -263,6 +267,11 @@ async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget:
                      "tps": len(empty[key]) / sum(empty[key]),
                      "cpu": empty_cpu[key] / len(empty[key]) if HAVE_SCHEDSTAT else None})
     return rows
+
+
+def _agents(n: int, one: str, last_word_plural: str) -> str:
+    """``"1 agent process"``, ``"2 agent processes"``."""
+    return f"{n} {one}" if n == 1 else f"{n} {one.rsplit(' ', 1)[0]} {last_word_plural}"
 
 
 HAVE_SCHEDSTAT = cpu_seconds(os.getpid()) is not None
@@ -305,9 +314,10 @@ async def main(args: argparse.Namespace) -> None:
     print(f"library: {args.patterns} patterns of length {args.length}; {args.queries} queries; "
           f"k={K}, band={BAND}; the ways take turns every {args.block} "
           f"quer{'y' if args.block == 1 else 'ies'}", flush=True)
-    print(f"agent processes: agent_cpus={args.agent_cpus!r}", flush=True)
+    print(f"agent processes: {args.matchers} pattern matcher(s), agent_cpus={args.agent_cpus!r}",
+          flush=True)
     rows = await measure(lib, outcomes, qs, args.budget, args.block, args.agent_cpus,
-                         not args.no_client)
+                         not args.no_client, args.matchers)
     print(table(rows))
     for row in rows:
         if row.get("cpu") is not None:
@@ -332,6 +342,9 @@ if __name__ == "__main__":
     parser.add_argument("--agent-cpus", choices=("any", "spread"), default="any",
                         help="let the kernel place the agent processes (default) or bind "
                              "each to its own core")
+    parser.add_argument("--matchers", type=positive_int, default=2,
+                        help="pattern matchers the library is sharded over, each its own "
+                             "agent (default 2; 1: no scatter, every query goes to one agent)")
     parser.add_argument("--no-client", action="store_true",
                         help="leave out the remote client process (its rows)")
     ns = parser.parse_args()

@@ -53,7 +53,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _transport_common import CLIENT_ID, KINDS, rss_kib  # noqa: E402
+from _transport_common import CLIENT_ID, KINDS, positive_int, rss_kib  # noqa: E402
 from _transport_harness import (  # noqa: E402
     Bench,
     NamespaceUnavailable,
@@ -383,13 +383,6 @@ def _csv(choices: tuple[str, ...], what: str) -> Any:
     return parse
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(x) for x in text.split(",") if x.strip()]
@@ -409,13 +402,13 @@ def main(argv: list[str] | None = None) -> None:
                     help=f"comma-separated sections: {','.join(SECTIONS)}")
     ap.add_argument("--peers", type=_csv(KINDS, "peer"), default=KINDS,
                     help=f"comma-separated peers: {','.join(KINDS)}")
-    ap.add_argument("--agents", type=_positive, default=None,
+    ap.add_argument("--agents", type=positive_int, default=None,
                     help="concurrent connections in the agents section (default 1000)")
-    ap.add_argument("--handshakes", type=_positive, default=None,
+    ap.add_argument("--handshakes", type=positive_int, default=None,
                     help="connections of each kind in the handshake section (default 30)")
-    ap.add_argument("--agent-procs", type=_positive, default=2,
+    ap.add_argument("--agent-procs", type=positive_int, default=2,
                     help="client processes sharing the agents (default 2)")
-    ap.add_argument("--streams", type=_positive, default=None,
+    ap.add_argument("--streams", type=positive_int, default=None,
                     help="concurrent mailboxes in the streams section (default 1000)")
     ap.add_argument("--datagram-sizes", type=_sizes, default=None,
                     help="comma-separated QUIC max_datagram_size values for the bulk "
