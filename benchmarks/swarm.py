@@ -21,12 +21,11 @@ search (banded DTW k-NN, z-normalised, k=10, band 8) three ways:
     both and their top-k merged (``--matchers N`` shards it over N agents
     instead: with 1, each query is one round trip to one agent, which
     separates the cost of a QUIC hop from that of the scatter).
-    ``--agent-cpus spread`` binds each agent
-    process to its own core (``open_swarm(agent_cpus="spread")``); by default
-    the kernel places them.  Each matcher searches on one thread (its
-    default ``threads``), in a worker thread of its agent; ``open_swarm``'s
-    default ``agent_threads`` caps each agent process at its share of the
-    cores.
+    ``--agent-cpus spread`` binds each agent process to its own core
+    (``open_swarm(agent_cpus="spread")``); by default the kernel places them.
+    Each matcher searches on one thread (its default ``threads``), in a
+    worker thread of its agent; ``open_swarm``'s default ``agent_threads``
+    caps each agent process at its share of the cores.
 ``swarm, 2 in-process agents (memory)``
     the same with ``spawn="task"``: agents as tasks of this process over the
     in-memory transport (no sockets), to separate coordination from QUIC.
@@ -251,8 +250,8 @@ async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget:
                 client.proc.kill()
     names = {"kernel": f"kernel, in-process ({threads} threads)",
              "kernel1": "kernel, in-process (1 thread)",
-             "quic": f"swarm, {_agents(matchers, 'agent process', 'processes')} (QUIC)",
-             "memory": f"swarm, {_agents(matchers, 'in-process agent', 'agents')} (memory)",
+             "quic": f"swarm, {matchers} agent process{'es' * (matchers > 1)} (QUIC)",
+             "memory": f"swarm, {matchers} in-process agent{'s' * (matchers > 1)} (memory)",
              "remote": "  same via a client process (QUIC)"}
     labels = {"quic": "QUIC", "memory": "memory", "remote": "client process"}
     rows = [{"name": names[key], "n": len(lat[key]), "p50": pct(lat[key], 0.5),
@@ -267,11 +266,6 @@ async def measure(lib: np.ndarray, outcomes: np.ndarray, qs: np.ndarray, budget:
                      "tps": len(empty[key]) / sum(empty[key]),
                      "cpu": empty_cpu[key] / len(empty[key]) if HAVE_SCHEDSTAT else None})
     return rows
-
-
-def _agents(n: int, one: str, last_word_plural: str) -> str:
-    """``"1 agent process"``, ``"2 agent processes"``."""
-    return f"{n} {one}" if n == 1 else f"{n} {one.rsplit(' ', 1)[0]} {last_word_plural}"
 
 
 HAVE_SCHEDSTAT = cpu_seconds(os.getpid()) is not None
